@@ -1,0 +1,3 @@
+from ussycode.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,319 @@
+"""Settings of `ussycode serve` and `ussycode image build`.
+
+Each setting has a command-line flag, an environment variable named after the flag
+(`--data-dir` is `USSYCODE_DATA_DIR`) and may come from an env file. Precedence, highest first:
+flag, environment, env file, built-in default. Values are checked once, at start, and an invalid
+value raises `ConfigError` naming the flag, the variable and the value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ussycode.errors import ConfigError
+
+DEFAULT_ENV_FILE = "/etc/ussycode/ussycode.env"
+ENV_PREFIX = "USSYCODE_"
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+_DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+def parse_size(text: str, *, default_unit: str = "") -> int:
+    """Parse a size such as `512M`, `10G` or `1.5GiB` into bytes.
+
+    A bare number is taken in `default_unit` (one of "", K, M, G, T).
+    :raise ValueError: the text is not a size.
+    """
+    match = _SIZE_RE.match(text)
+    if not match:
+        raise ValueError(f"not a size: {text!r}; expected a number with a unit such as 512M or 10G")
+    number, unit = match.groups()
+    unit = (unit or default_unit).upper()
+    value = int(float(number) * _SIZE_UNITS[unit])
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return value
+
+
+def format_size(size_bytes: int) -> str:
+    """Render a byte count with the largest binary unit that divides it, e.g. `10G`."""
+    for unit in ("T", "G", "M", "K"):
+        scale = _SIZE_UNITS[unit]
+        if size_bytes % scale == 0:
+            return f"{size_bytes // scale}{unit}"
+    return str(size_bytes)
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """Parse `HOST:PORT` or `:PORT` into (host, port); an empty host means every address."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError(f"not an address: {text!r}; expected HOST:PORT or :PORT")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"port out of range: {port}")
+    host = host.strip("[]")
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise ValueError(f"not an IP address: {host!r}") from None
+    return host, port
+
+
+def _check_subnet(text: str) -> ipaddress.IPv4Network:
+    network = ipaddress.IPv4Network(text, strict=True)
+    if network.prefixlen > 29:
+        raise ValueError("subnet too small: use a prefix of /29 or shorter")
+    return network
+
+
+def _check_choice(*choices: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return text
+
+    return check
+
+
+def _check_domain(text: str) -> str:
+    lowered = text.lower().rstrip(".")
+    if not _DOMAIN_RE.match(lowered) or "." not in lowered:
+        raise ValueError("not a domain name with at least two labels, such as ussy.localhost")
+    return lowered
+
+
+def _check_positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError("must be a positive whole number")
+    return value
+
+
+def _check_non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+def _check_dns(text: str) -> tuple[str, ...]:
+    servers = tuple(part.strip() for part in text.split(",") if part.strip())
+    for server in servers:
+        ipaddress.ip_address(server)
+    return servers
+
+
+def _check_level(text: str) -> str:
+    upper = text.upper()
+    if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected debug, info, warning or error")
+    return upper
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+    check: Callable[[str], Any] = str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("domain", "ussy.localhost", "public domain; VM URLs are https://<vm>.<domain>", _check_domain),
+    Setting("data_dir", "/var/lib/ussycode", "directory for the store, VM disks, keys and logs"),
+    Setting("image_dir", "", "directory of built guest images (default: <data-dir>/images)"),
+    Setting("ssh_addr", ":2224", "SSH gateway listen address, HOST:PORT or :PORT", parse_addr),
+    Setting("ssh_host", "", "host name shown in ssh commands (default: the domain, or localhost for *.localhost)"),
+    Setting("https_addr", ":443", "Caddy HTTPS listen address", parse_addr),
+    Setting("http_addr", ":80", "Caddy HTTP listen address (redirects to HTTPS)", parse_addr),
+    Setting("metadata_addr", ":8083", "metadata service listen address; VMs reach it as 169.254.169.254:80", parse_addr),
+    Setting("api_addr", "127.0.0.1:9090", "internal HTTP address that Caddy proxies the main domain to", parse_addr),
+    Setting("subnet", "10.0.0.0/24", "IPv4 subnet for VMs; the bridge takes the first address", _check_subnet),
+    Setting("bridge", "ussy0", "name of the bridge that VM TAP devices join"),
+    Setting("runtime", "auto", "VM runtime: auto or qemu", _check_choice("auto", "qemu")),
+    Setting("accel", "auto", "QEMU accelerator: auto (probe KVM once, else TCG), kvm or tcg", _check_choice("auto", "kvm", "tcg")),
+    Setting("image", "ussyuntu", "default guest image for new VMs"),
+    Setting("vm_cpus", "1", "default vCPUs per VM", _check_positive_int),
+    Setting("vm_memory", "1G", "default memory per VM (size, e.g. 1G or 512M)", lambda t: parse_size(t, default_unit="M")),
+    Setting("vm_disk", "10G", "default disk size per VM (size, e.g. 10G)", lambda t: parse_size(t, default_unit="G")),
+    Setting("vm_dns", "1.1.1.1,9.9.9.9", "comma-separated DNS servers given to VMs", _check_dns),
+    Setting("boot_timeout", "300", "seconds to wait for a new VM's sshd before giving up", _check_non_negative_float),
+    Setting("tls", "auto", "certificates: internal (Caddy's own CA), acme, or auto (internal for local domains)", _check_choice("auto", "internal", "acme")),
+    Setting("acme_email", "", "contact email for ACME accounts"),
+    Setting("caddy_bin", "caddy", "path of the Caddy binary"),
+    Setting("qemu_bin", "qemu-system-x86_64", "path of the QEMU binary"),
+    Setting("log_level", "info", "log level: debug, info, warning or error", _check_level),
+)
+
+_LOCAL_SUFFIXES = ("localhost", "local", "test", "internal", "home.arpa")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Checked settings; see `SETTINGS` for what each field means."""
+
+    domain: str
+    data_dir: Path
+    image_dir: Path
+    ssh_addr: tuple[str, int]
+    ssh_host: str
+    https_addr: tuple[str, int]
+    http_addr: tuple[str, int]
+    metadata_addr: tuple[str, int]
+    api_addr: tuple[str, int]
+    subnet: ipaddress.IPv4Network
+    bridge: str
+    runtime: str
+    accel: str
+    image: str
+    vm_cpus: int
+    vm_memory: int
+    vm_disk: int
+    vm_dns: tuple[str, ...]
+    boot_timeout: float
+    tls: str
+    acme_email: str
+    caddy_bin: str
+    qemu_bin: str
+    log_level: str
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def is_local_domain(self) -> bool:
+        return self.domain.split(".")[-1] in _LOCAL_SUFFIXES or self.domain.endswith(".home.arpa")
+
+    @property
+    def tls_mode(self) -> str:
+        """`internal` or `acme`, with `auto` resolved by the domain."""
+        if self.tls != "auto":
+            return self.tls
+        return "internal" if self.is_local_domain else "acme"
+
+    @property
+    def bridge_ip(self) -> ipaddress.IPv4Address:
+        return next(self.subnet.hosts())
+
+    def vm_https_url(self, vm_name: str) -> str:
+        port = self.https_addr[1]
+        suffix = "" if port == 443 else f":{port}"
+        return f"https://{vm_name}.{self.domain}{suffix}/"
+
+    def ssh_command(self, user: str | None = None) -> str:
+        port = self.ssh_addr[1]
+        target = f"{user}@{self.ssh_host}" if user else self.ssh_host
+        return f"ssh -p {port} {target}" if port != 22 else f"ssh {target}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings in effect, as strings, for logs and diagnostics (no secrets are settings yet)."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name != "sources"}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read `KEY=VALUE` lines; `#` starts a comment line and values may be quoted.
+
+    :raise ConfigError: a line is not `KEY=VALUE`.
+    """
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return values
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file {path}: {exc.strerror}") from exc
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ConfigError(f"invalid line {number} in env file {path}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[key] = value
+    return values
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add `--env-file` and one flag per setting, each defaulting to None so precedence can apply."""
+    parser.add_argument(
+        "--env-file",
+        default=None,
+        help=f"file of USSYCODE_*=VALUE lines (default {DEFAULT_ENV_FILE}; env USSYCODE_ENV_FILE)",
+    )
+    for setting in SETTINGS:
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            default=None,
+            metavar=setting.name.split("_")[-1].upper(),
+            help=f"{setting.help} (env {setting.env}; default {setting.default!r})",
+        )
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """Merge flags, environment, env file and defaults, then check every value.
+
+    :raise ConfigError: a value is invalid; the message names the flag, variable and value.
+    """
+    environ = os.environ if environ is None else environ
+    env_file = getattr(args, "env_file", None) or environ.get(ENV_PREFIX + "ENV_FILE") or DEFAULT_ENV_FILE
+    file_values = read_env_file(Path(env_file))
+
+    raw: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        flag_value = getattr(args, setting.name, None)
+        if flag_value is not None:
+            raw[setting.name], sources[setting.name] = flag_value, "flag"
+        elif setting.env in environ:
+            raw[setting.name], sources[setting.name] = environ[setting.env], "environment"
+        elif setting.env in file_values:
+            raw[setting.name], sources[setting.name] = file_values[setting.env], f"env file {env_file}"
+        else:
+            raw[setting.name], sources[setting.name] = setting.default, "default"
+
+    checked: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = raw[setting.name]
+        try:
+            checked[setting.name] = setting.check(value)
+        except ValueError as exc:
+            raise ConfigError(
+                f"invalid {setting.flag} ({setting.env}, from {sources[setting.name]}): "
+                f"{value!r}: {exc}"
+            ) from exc
+
+    data_dir = Path(checked["data_dir"]).absolute()
+    checked["data_dir"] = data_dir
+    checked["image_dir"] = Path(checked["image_dir"]).absolute() if checked["image_dir"] else data_dir / "images"
+    if not checked["ssh_host"]:
+        domain = checked["domain"]
+        checked["ssh_host"] = "localhost" if domain.endswith("localhost") else domain
+    bridge = checked["bridge"]
+    if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_-]{0,11}", bridge):
+        raise ConfigError(f"invalid --bridge (USSYCODE_BRIDGE): {bridge!r}: use 1 to 12 letters, digits, - or _")
+    return Config(**checked, sources=sources)

@@ -24,7 +24,9 @@ ENV_PREFIX = "USSYCODE_"
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-_DOMAIN_RE = re.compile(r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_DOMAIN_RE = re.compile(
+    r"^(?=.{1,200}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+)
 
 
 def parse_size(text: str, *, default_unit: str = "") -> int:
@@ -139,26 +141,75 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("domain", "ussy.localhost", "public domain; VM URLs are https://<vm>.<domain>", _check_domain),
+    Setting(
+        "domain",
+        "ussy.localhost",
+        "public domain; VM URLs are https://<vm>.<domain>",
+        _check_domain,
+    ),
     Setting("data_dir", "/var/lib/ussycode", "directory for the store, VM disks, keys and logs"),
     Setting("image_dir", "", "directory of built guest images (default: <data-dir>/images)"),
     Setting("ssh_addr", ":2224", "SSH gateway listen address, HOST:PORT or :PORT", parse_addr),
-    Setting("ssh_host", "", "host name shown in ssh commands (default: the domain, or localhost for *.localhost)"),
+    Setting(
+        "ssh_host",
+        "",
+        "host name shown in ssh commands (default: the domain, or localhost for *.localhost)",
+    ),
     Setting("https_addr", ":443", "Caddy HTTPS listen address", parse_addr),
     Setting("http_addr", ":80", "Caddy HTTP listen address (redirects to HTTPS)", parse_addr),
-    Setting("metadata_addr", ":8083", "metadata service listen address; VMs reach it as 169.254.169.254:80", parse_addr),
-    Setting("api_addr", "127.0.0.1:9090", "internal HTTP address that Caddy proxies the main domain to", parse_addr),
-    Setting("subnet", "10.0.0.0/24", "IPv4 subnet for VMs; the bridge takes the first address", _check_subnet),
+    Setting(
+        "metadata_addr",
+        ":8083",
+        "metadata service listen address; VMs reach it as 169.254.169.254:80",
+        parse_addr,
+    ),
+    Setting(
+        "api_addr",
+        "127.0.0.1:9090",
+        "internal HTTP address that Caddy proxies the main domain to",
+        parse_addr,
+    ),
+    Setting(
+        "subnet",
+        "10.0.0.0/24",
+        "IPv4 subnet for VMs; the bridge takes the first address",
+        _check_subnet,
+    ),
     Setting("bridge", "ussy0", "name of the bridge that VM TAP devices join"),
     Setting("runtime", "auto", "VM runtime: auto or qemu", _check_choice("auto", "qemu")),
-    Setting("accel", "auto", "QEMU accelerator: auto (probe KVM once, else TCG), kvm or tcg", _check_choice("auto", "kvm", "tcg")),
+    Setting(
+        "accel",
+        "auto",
+        "QEMU accelerator: auto (probe KVM once, else TCG), kvm or tcg",
+        _check_choice("auto", "kvm", "tcg"),
+    ),
     Setting("image", "ussyuntu", "default guest image for new VMs"),
     Setting("vm_cpus", "1", "default vCPUs per VM", _check_positive_int),
-    Setting("vm_memory", "1G", "default memory per VM (size, e.g. 1G or 512M)", lambda t: parse_size(t, default_unit="M")),
-    Setting("vm_disk", "10G", "default disk size per VM (size, e.g. 10G)", lambda t: parse_size(t, default_unit="G")),
+    Setting(
+        "vm_memory",
+        "1G",
+        "default memory per VM (size, e.g. 1G or 512M)",
+        lambda t: parse_size(t, default_unit="M"),
+    ),
+    Setting(
+        "vm_disk",
+        "10G",
+        "default disk size per VM (size, e.g. 10G)",
+        lambda t: parse_size(t, default_unit="G"),
+    ),
     Setting("vm_dns", "1.1.1.1,9.9.9.9", "comma-separated DNS servers given to VMs", _check_dns),
-    Setting("boot_timeout", "300", "seconds to wait for a new VM's sshd before giving up", _check_non_negative_float),
-    Setting("tls", "auto", "certificates: internal (Caddy's own CA), acme, or auto (internal for local domains)", _check_choice("auto", "internal", "acme")),
+    Setting(
+        "boot_timeout",
+        "300",
+        "seconds to wait for a new VM's sshd before giving up",
+        _check_non_negative_float,
+    ),
+    Setting(
+        "tls",
+        "auto",
+        "certificates: internal (Caddy's own CA), acme, or auto (internal for local domains)",
+        _check_choice("auto", "internal", "acme"),
+    ),
     Setting("acme_email", "", "contact email for ACME accounts"),
     Setting("caddy_bin", "caddy", "path of the Caddy binary"),
     Setting("qemu_bin", "qemu-system-x86_64", "path of the QEMU binary"),
@@ -292,7 +343,10 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         elif setting.env in environ:
             raw[setting.name], sources[setting.name] = environ[setting.env], "environment"
         elif setting.env in file_values:
-            raw[setting.name], sources[setting.name] = file_values[setting.env], f"env file {env_file}"
+            raw[setting.name], sources[setting.name] = (
+                file_values[setting.env],
+                f"env file {env_file}",
+            )
         else:
             raw[setting.name], sources[setting.name] = setting.default, "default"
 
@@ -303,17 +357,20 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
             checked[setting.name] = setting.check(value)
         except ValueError as exc:
             raise ConfigError(
-                f"invalid {setting.flag} ({setting.env}, from {sources[setting.name]}): "
-                f"{value!r}: {exc}"
+                f"invalid {setting.flag} ({setting.env}, from {sources[setting.name]}): {value!r}: {exc}"
             ) from exc
 
     data_dir = Path(checked["data_dir"]).absolute()
     checked["data_dir"] = data_dir
-    checked["image_dir"] = Path(checked["image_dir"]).absolute() if checked["image_dir"] else data_dir / "images"
+    checked["image_dir"] = (
+        Path(checked["image_dir"]).absolute() if checked["image_dir"] else data_dir / "images"
+    )
     if not checked["ssh_host"]:
         domain = checked["domain"]
         checked["ssh_host"] = "localhost" if domain.endswith("localhost") else domain
     bridge = checked["bridge"]
     if not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9_-]{0,11}", bridge):
-        raise ConfigError(f"invalid --bridge (USSYCODE_BRIDGE): {bridge!r}: use 1 to 12 letters, digits, - or _")
+        raise ConfigError(
+            f"invalid --bridge (USSYCODE_BRIDGE): {bridge!r}: use 1 to 12 letters, digits, - or _"
+        )
     return Config(**checked, sources=sources)

@@ -91,9 +91,7 @@ class NetNS:
         """Run `argv` inside the namespace and wait for it."""
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
-        return subprocess.run(
-            [*self.prefix(), *argv], check=check, timeout=timeout, **kwargs
-        )
+        return subprocess.run([*self.prefix(), *argv], check=check, timeout=timeout, **kwargs)
 
     def popen(
         self,
@@ -105,9 +103,7 @@ class NetNS:
         **kwargs: Any,
     ) -> subprocess.Popen[Any]:
         """Start `argv` inside the namespace; it is ended by PID when the namespace closes."""
-        process = subprocess.Popen(
-            [*self.prefix(), *argv], stdout=stdout, stderr=stderr, env=env, **kwargs
-        )
+        process = subprocess.Popen([*self.prefix(), *argv], stdout=stdout, stderr=stderr, env=env, **kwargs)
         self._processes.append(process)
         return process
 

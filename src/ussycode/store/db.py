@@ -171,7 +171,20 @@ class Store:
         cursor = self._execute(
             "INSERT INTO vms (name, owner_id, state, image, image_path, cpus, memory_mb, disk_bytes,"
             " ip, mac, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (name, owner_id, state, image, image_path, cpus, memory_mb, disk_bytes, ip, mac, now, now),
+            (
+                name,
+                owner_id,
+                state,
+                image,
+                image_path,
+                cpus,
+                memory_mb,
+                disk_bytes,
+                ip,
+                mac,
+                now,
+                now,
+            ),
         )
         return self.get_vm(int(cursor.lastrowid or 0))
 
@@ -212,7 +225,8 @@ class Store:
 
     def set_vm_host_keys(self, vm_id: int, host_keys: str) -> None:
         self._execute(
-            "UPDATE vms SET host_keys = ?, updated_at = ? WHERE id = ?", (host_keys, utc_now(), vm_id)
+            "UPDATE vms SET host_keys = ?, updated_at = ? WHERE id = ?",
+            (host_keys, utc_now(), vm_id),
         )
 
     def delete_vm(self, vm_id: int) -> None:

@@ -1,0 +1,1 @@
+"""The platform's own HTTP endpoints behind Caddy on the main domain."""

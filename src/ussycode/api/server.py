@@ -1,0 +1,73 @@
+"""HTTP server for the main domain: a landing page, health, and Caddy's on-demand TLS check."""
+
+from __future__ import annotations
+
+import html
+import logging
+
+from aiohttp import web
+
+from ussycode.config import Config
+from ussycode.errors import RuntimeFailure
+from ussycode.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class APIServer:
+    def __init__(self, *, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/", self.index)
+        app.router.add_get("/healthz", self.health)
+        app.router.add_get("/__ussycode/tls-ask", self.tls_ask)
+        return app
+
+    async def start(self) -> None:
+        host, port = self.config.api_addr
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        try:
+            await web.TCPSite(self._runner, host or None, port, reuse_address=True).start()
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"cannot listen for the API on {host or '*'}:{port}: {exc.strerror}"
+            ) from exc
+        log.info("api listening on %s:%d", host or "*", port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def index(self, request: web.Request) -> web.Response:
+        del request
+        command = html.escape(self.config.ssh_command())
+        domain = html.escape(self.config.domain)
+        body = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>ussycode</title></head>"
+            f"<body><h1>ussycode on {domain}</h1>"
+            f"<p>Get a VM with a persistent disk and an HTTPS URL: <code>{command}</code></p>"
+            "</body></html>"
+        )
+        return web.Response(text=body, content_type="text/html")
+
+    async def health(self, request: web.Request) -> web.Response:
+        del request
+        return web.json_response({"ok": True})
+
+    async def tls_ask(self, request: web.Request) -> web.Response:
+        """Answer Caddy's on-demand TLS question: 200 for the domain and existing VM hosts."""
+        host = request.query.get("domain", "").lower().rstrip(".")
+        domain = self.config.domain
+        if host == domain:
+            return web.Response(text="ok")
+        if host.endswith("." + domain):
+            label = host[: -len(domain) - 1]
+            if "." not in label and self.store.find_vm(label) is not None:
+                return web.Response(text="ok")
+        return web.Response(status=404, text="unknown host")

@@ -1,0 +1,101 @@
+"""The `ussycode` command: `serve` runs the platform, `image build` builds the guest image."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from ussycode import __version__, config, logs
+from ussycode.errors import UssycodeError
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ussycode",
+        description="Self-hostable dev environments: SSH in, get a VM with a disk and an HTTPS URL.",
+    )
+    parser.add_argument("--version", action="version", version=f"ussycode {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the platform (SSH gateway, VMs, metadata, Caddy)")
+    config.add_arguments(serve)
+
+    image = commands.add_parser("image", help="build and list guest images")
+    image_commands = image.add_subparsers(dest="image_command", required=True, metavar="ACTION")
+    build = image_commands.add_parser("build", help="build a guest image with mmdebstrap (cached by recipe)")
+    config.add_arguments(build)
+    build.add_argument(
+        "--name", dest="image_name", default=None, help="image name (default: --image, ussyuntu)"
+    )
+    build.add_argument("--suite", default=None, help="distribution suite (default bookworm)")
+    build.add_argument(
+        "--mirror", default=None, help="package mirror URL (default http://deb.debian.org/debian)"
+    )
+    build.add_argument("--force", action="store_true", help="rebuild even if a build with this recipe exists")
+    listing = image_commands.add_parser("list", help="list built images")
+    config.add_arguments(listing)
+    return parser
+
+
+def _image_build(settings: config.Config, args: argparse.Namespace) -> int:
+    from ussycode.store import Store
+    from ussycode.vm import image
+
+    name = args.image_name or settings.image
+    manifest = image.build_image(
+        settings.image_dir,
+        name=name,
+        suite=args.suite or image.DEFAULT_SUITE,
+        mirror=args.mirror or image.DEFAULT_MIRROR,
+        force=args.force,
+        progress=lambda message: print(f"  … {message}", file=sys.stderr, flush=True),
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.data_dir / "ussycode.db")
+    store.upsert_image(manifest.name, manifest.recipe_hash, str(manifest.directory))
+    store.close()
+    print(f"image {manifest.name} ready: {manifest.directory}")
+    return 0
+
+
+def _image_list(settings: config.Config) -> int:
+    from ussycode.vm import image
+
+    images = image.list_images(settings.image_dir)
+    if not images:
+        print(f'no images in {settings.image_dir}: run "ussycode image build"')
+        return 0
+    for manifest in images:
+        short_hash = manifest.recipe_hash[:12]
+        print(f"{manifest.name}  {manifest.suite}  {short_hash}  {manifest.created_at}  {manifest.directory}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = config.load(args)
+    except UssycodeError as exc:
+        print(f"ussycode: {exc.message}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        if args.command == "serve":
+            from ussycode.server import serve
+
+            asyncio.run(serve(settings))
+            return 0
+        if args.image_command == "build":
+            return _image_build(settings, args)
+        return _image_list(settings)
+    except UssycodeError as exc:
+        log.debug("command failed", exc_info=True)
+        print(f"ussycode: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

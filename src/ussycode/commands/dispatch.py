@@ -1,0 +1,102 @@
+"""Parse a command line with shell quoting rules and run the named command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+from dataclasses import dataclass
+
+from ussycode.commands import account, vm
+from ussycode.commands.base import Command, CommandContext
+from ussycode.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    RuntimeFailure,
+    UssycodeError,
+)
+
+log = logging.getLogger(__name__)
+
+REGISTRY: dict[str, Command] = {command.name: command for command in [*vm.COMMANDS, *account.COMMANDS]}
+
+_ERROR_CODES: tuple[tuple[type[UssycodeError], str], ...] = (
+    (InvalidInput, "invalid_input"),
+    (NotFound, "not_found"),
+    (Conflict, "conflict"),
+    (PermissionDenied, "permission_denied"),
+    (QuotaExceeded, "quota_exceeded"),
+    (RuntimeFailure, "runtime_failure"),
+)
+
+
+class UnknownCommand(NotFound):
+    """The first word of the line names no command."""
+
+
+def find_command(name: str) -> Command:
+    command = REGISTRY.get(name)
+    if command is None:
+        raise UnknownCommand(f'unknown command "{name}": run "help" to list commands')
+    return command
+
+
+def error_code(exc: UssycodeError) -> str:
+    for kind, code in _ERROR_CODES:
+        if isinstance(exc, kind):
+            return "unknown_command" if isinstance(exc, UnknownCommand) else code
+    return "error"
+
+
+@dataclass
+class Outcome:
+    """What the caller prints: `stdout` and `stderr` text, and the exit status."""
+
+    status: int
+    stdout: str
+    stderr: str
+    exit_session: bool = False
+
+
+def split_line(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as exc:
+        raise InvalidInput(f"cannot parse the command line: {exc}") from exc
+
+
+def _wants_json(argv: list[str]) -> bool:
+    return "--json" in argv
+
+
+async def execute(ctx: CommandContext, argv: list[str]) -> Outcome:
+    """Run one command and render its result or error; never raises a `UssycodeError`."""
+    json_output = _wants_json(argv)
+    ctx.json_output = json_output
+    try:
+        if not argv:
+            return Outcome(0, "", "")
+        command = find_command(argv[0])
+        parser = command.parser()
+        args = parser.parse_args(argv[1:])
+        if args.help:
+            if json_output:
+                usage = {"name": command.name, "summary": command.summary, "usage": command.usage()}
+                return Outcome(0, json.dumps(usage, indent=2) + "\n", "")
+            return Outcome(0, command.usage() + "\n", "")
+        log.info("conn=%s user=%s command=%s", ctx.conn_id, ctx.user.handle, command.name)
+        result = await command.handler(ctx, args)
+    except UssycodeError as exc:
+        log.info("conn=%s user=%s command failed: %s", ctx.conn_id, ctx.user.handle, exc.message)
+        stdout = ""
+        if json_output:
+            document = {"error": {"code": error_code(exc), "message": exc.message}}
+            stdout = json.dumps(document, indent=2) + "\n"
+        return Outcome(1, stdout, f"error: {exc.message}\n")
+    if json_output:
+        return Outcome(0, json.dumps(result.data, indent=2) + "\n", "", result.exit_session)
+    text = result.text + "\n" if result.text else ""
+    return Outcome(0, text, "", result.exit_session)

@@ -1,0 +1,174 @@
+"""HTTP metadata service: answers each VM with its own configuration, identified by source address.
+
+VMs reach it at http://169.254.169.254/ through an nftables DNAT rule to `--metadata-addr`. A
+request from an address that belongs to no VM gets 403. Endpoints (see docs/openapi/metadata.yaml):
+
+- EC2-style text: /latest/meta-data/{hostname,instance-id,local-ipv4,public-keys/,public-keys/0/openssh-key}
+- JSON: GET /v1/vm, and POST /v1/host-keys where the guest reports its sshd host keys.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import asyncssh
+from aiohttp import web
+
+from ussycode.config import Config
+from ussycode.errors import RuntimeFailure
+from ussycode.store import VM, Store
+from ussycode.vm.manager import VMManager
+
+log = logging.getLogger(__name__)
+
+MAX_HOST_KEYS = 8
+MAX_BODY_BYTES = 64 * 1024
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """Return the one error body shape of the platform's HTTP services."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+class MetadataService:
+    def __init__(self, *, config: Config, store: Store, manager: VMManager, gateway_public_key: str) -> None:
+        self.config = config
+        self.store = store
+        self.manager = manager
+        self.gateway_public_key = gateway_public_key
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
+        app.router.add_get("/v1/vm", self.vm_document)
+        app.router.add_post("/v1/host-keys", self.host_keys)
+        app.router.add_get("/latest/meta-data/", self.ec2_index)
+        app.router.add_get("/latest/meta-data/hostname", self.ec2_hostname)
+        app.router.add_get("/latest/meta-data/instance-id", self.ec2_instance_id)
+        app.router.add_get("/latest/meta-data/local-ipv4", self.ec2_local_ipv4)
+        app.router.add_get("/latest/meta-data/public-keys/", self.ec2_public_keys)
+        app.router.add_get("/latest/meta-data/public-keys/0/openssh-key", self.ec2_openssh_key)
+        return app
+
+    async def start(self) -> None:
+        host, port = self.config.metadata_addr
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host or None, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise RuntimeFailure(
+                f"cannot listen for metadata on {host or '*'}:{port}: {exc.strerror}"
+            ) from exc
+        log.info("metadata service listening on %s:%d", host or "*", port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # Identity.
+
+    def _vm_for(self, request: web.Request) -> VM | None:
+        remote = request.remote or ""
+        return self.store.find_vm_by_ip(remote)
+
+    def instance_id(self, vm: VM) -> str:
+        return f"vm-{vm.id:08d}"
+
+    def ssh_keys(self, vm: VM) -> list[str]:
+        keys = [key.public_key for key in self.store.list_keys(vm.owner_id)]
+        return [*keys, self.gateway_public_key]
+
+    def environment(self, vm: VM) -> dict[str, str]:
+        return {
+            "USSYCODE_VM_NAME": vm.name,
+            "USSYCODE_PUBLIC_DOMAIN": self.config.domain,
+            "USSYCODE_PUBLIC_URL": self.config.vm_https_url(vm.name).rstrip("/"),
+        }
+
+    def document(self, vm: VM) -> dict[str, Any]:
+        owner = self.store.get_user(vm.owner_id)
+        return {
+            "name": vm.name,
+            "hostname": vm.name,
+            "instance_id": self.instance_id(vm),
+            "owner": owner.handle,
+            "local_ipv4": vm.ip,
+            "ssh_keys": self.ssh_keys(vm),
+            "env": self.environment(vm),
+        }
+
+    # Handlers.
+
+    async def vm_document(self, request: web.Request) -> web.Response:
+        vm = self._vm_for(request)
+        if vm is None:
+            return self._unknown(request)
+        log.info("vm=%s fetched its metadata", vm.name)
+        return web.json_response(self.document(vm))
+
+    async def host_keys(self, request: web.Request) -> web.Response:
+        vm = self._vm_for(request)
+        if vm is None:
+            return self._unknown(request)
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return error_response(
+                400, "invalid_input", 'body must be JSON: {"keys": ["ssh-ed25519 AAAA..."]}'
+            )
+        keys = body.get("keys") if isinstance(body, dict) else None
+        if not isinstance(keys, list) or not keys or len(keys) > MAX_HOST_KEYS:
+            return error_response(
+                400, "invalid_input", f'"keys" must be a list of 1 to {MAX_HOST_KEYS} public keys'
+            )
+        checked = []
+        for line in keys:
+            if not isinstance(line, str):
+                return error_response(400, "invalid_input", "each key must be a string")
+            try:
+                key = asyncssh.import_public_key(line.strip())
+            except (asyncssh.KeyImportError, ValueError):
+                return error_response(400, "invalid_input", f"not an OpenSSH public key: {line[:40]!r}")
+            checked.append(key.export_public_key("openssh").decode().strip())
+        self.manager.record_host_keys(vm, checked)
+        return web.json_response({"accepted": len(checked)})
+
+    def _unknown(self, request: web.Request) -> web.Response:
+        log.warning("metadata request from unknown address %s for %s", request.remote, request.path)
+        return error_response(403, "permission_denied", "this address belongs to no VM")
+
+    async def _text(self, request: web.Request, field: str) -> web.Response:
+        vm = self._vm_for(request)
+        if vm is None:
+            return self._unknown(request)
+        values = {
+            "hostname": vm.name,
+            "instance-id": self.instance_id(vm),
+            "local-ipv4": vm.ip,
+            "openssh-key": "\n".join(self.ssh_keys(vm)),
+            "public-keys": "0=ussycode",
+            "index": "hostname\ninstance-id\nlocal-ipv4\npublic-keys/",
+        }
+        return web.Response(text=values[field] + "\n", content_type="text/plain")
+
+    async def ec2_index(self, request: web.Request) -> web.Response:
+        return await self._text(request, "index")
+
+    async def ec2_hostname(self, request: web.Request) -> web.Response:
+        return await self._text(request, "hostname")
+
+    async def ec2_instance_id(self, request: web.Request) -> web.Response:
+        return await self._text(request, "instance-id")
+
+    async def ec2_local_ipv4(self, request: web.Request) -> web.Response:
+        return await self._text(request, "local-ipv4")
+
+    async def ec2_public_keys(self, request: web.Request) -> web.Response:
+        return await self._text(request, "public-keys")
+
+    async def ec2_openssh_key(self, request: web.Request) -> web.Response:
+        return await self._text(request, "openssh-key")

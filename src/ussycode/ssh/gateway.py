@@ -1,0 +1,201 @@
+"""The SSH gateway on port 2224: public-key login, sign-up on first use, lobby or VM proxy.
+
+`ssh -p 2224 host` opens the lobby (REPL or one command). `ssh -p 2224 VM@host` opens a session
+inside the VM if the key's user owns it. An unknown key registers a new user on its first
+lobby connection; the SSH key is the identity.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+
+import asyncssh
+
+from ussycode.commands.base import Services
+from ussycode.errors import Conflict, InvalidInput, RuntimeFailure, UssycodeError
+from ussycode.names import ADJECTIVES, NOUNS, check_handle
+from ussycode.ssh.keys import fingerprint, public_key_line
+from ussycode.ssh.lobby import LobbySession
+from ussycode.ssh.proxy import VMProxySession
+from ussycode.store import User
+from ussycode.vm.state import VMState
+
+log = logging.getLogger(__name__)
+
+_conn_ids = itertools.count(1)
+GENERIC_USERNAMES = frozenset({"root", "admin", "user", "ubuntu", "debian", "ussycode", "guest"})
+MAX_HANDLE_ATTEMPTS = 3
+
+
+class GatewayConnection(asyncssh.SSHServer):
+    """Per-connection authentication and session routing."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.conn_id = f"c{next(_conn_ids)}"
+        self.username = ""
+        self.user: User | None = None
+        self.pending_key: asyncssh.SSHKey | None = None
+        self.peer = "?"
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        log.info("conn=%s connected from %s", self.conn_id, self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        handle = self.user.handle if self.user else "-"
+        log.info("conn=%s user=%s disconnected%s", self.conn_id, handle, f": {exc}" if exc else "")
+
+    def begin_auth(self, username: str) -> bool:
+        self.username = username
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        store = self.services.store
+        user = store.find_user_by_fingerprint(fingerprint(key))
+        if user is not None:
+            self.user, self.pending_key = user, None
+            return True
+        if store.find_vm(username) is not None:
+            log.info("conn=%s unknown key %s refused for vm login", self.conn_id, fingerprint(key))
+            return False
+        self.pending_key = key
+        return True
+
+    def auth_completed(self) -> None:
+        handle = self.user.handle if self.user else "(new user)"
+        log.info("conn=%s user=%s authenticated as %r", self.conn_id, handle, self.username)
+
+    def session_requested(
+        self,
+    ) -> tuple[asyncssh.SSHServerChannel[bytes], asyncssh.SSHServerSession[bytes]]:
+        assert self._conn is not None
+        channel: asyncssh.SSHServerChannel[bytes] = self._conn.create_server_channel(encoding=None)
+        vm = self.services.store.find_vm(self.username)
+        if vm is not None and self.user is not None:
+            return channel, VMProxySession(vm.name, self._connect_vm, self.conn_id)
+        return channel, LobbySession(self.services, self._resolve_user, self.conn_id)
+
+    # VM sessions.
+
+    async def _connect_vm(self) -> asyncssh.SSHClientConnection:
+        manager = self.services.manager
+        assert self.user is not None
+        vm = manager.get_owned(self.user, self.username)
+        if vm.state != VMState.RUNNING:
+            command = self.services.config.ssh_command()
+            hint = (
+                f'run "{command} start {vm.name}" first'
+                if vm.state == VMState.STOPPED
+                else "wait until it is running and try again"
+            )
+            raise Conflict(f'vm "{vm.name}" is {vm.state}: {hint}')
+        try:
+            return await manager.connect_guest(vm)
+        except RuntimeFailure as exc:
+            log.warning("conn=%s vm=%s guest connection failed: %s", self.conn_id, vm.name, exc)
+            raise RuntimeFailure(f'vm "{vm.name}" is not reachable right now; try again shortly') from exc
+
+    # Sign-up.
+
+    async def _resolve_user(self, session: LobbySession) -> User:
+        if self.user is not None:
+            return self.user
+        key = self.pending_key
+        if key is None:
+            raise InvalidInput("no public key was offered")
+        if session.interactive:
+            handle = await self._ask_handle(session)
+        else:
+            handle = self._generate_handle()
+        user = self.services.store.create_user(handle, fingerprint(key), public_key_line(key), "first key")
+        self.user, self.pending_key = user, None
+        log.info("conn=%s user=%s registered key %s", self.conn_id, handle, fingerprint(key))
+        if session.interactive:
+            session.write(f"Registered as {handle}. Your SSH key is your login from now on.\n")
+        return user
+
+    def _handle_free(self, handle: str) -> bool:
+        return self.services.store.find_user_by_handle(handle) is None
+
+    def _generate_handle(self) -> str:
+        candidate = self.username.lower()
+        if candidate not in GENERIC_USERNAMES:
+            try:
+                if self._handle_free(check_handle(candidate)):
+                    return candidate
+            except InvalidInput:
+                pass
+        for _ in range(50):
+            handle = f"{secrets.choice(ADJECTIVES)}-{secrets.choice(NOUNS)}-{secrets.randbelow(1000)}"
+            if self._handle_free(handle):
+                return handle
+        raise RuntimeFailure("could not generate a free handle; try again")
+
+    async def _ask_handle(self, session: LobbySession) -> str:
+        suggestion = self._generate_handle()
+        session.write("Welcome! This key is new here, so let's create your account.\n")
+        for _ in range(MAX_HANDLE_ATTEMPTS):
+            answer = await session.prompt(f"Choose a handle [{suggestion}]: ")
+            if answer is None:
+                raise InvalidInput("sign-up cancelled")
+            handle = answer.strip().lower() or suggestion
+            try:
+                check_handle(handle)
+            except UssycodeError as exc:
+                session.write(f"error: {exc.message}\n")
+                continue
+            if not self._handle_free(handle):
+                session.write(f'error: the handle "{handle}" is taken, choose another\n')
+                continue
+            return handle
+        raise InvalidInput("sign-up cancelled after 3 invalid handles")
+
+
+class Gateway:
+    """Owns the asyncssh listener."""
+
+    def __init__(self, services: Services, host_key: asyncssh.SSHKey) -> None:
+        self.services = services
+        self.host_key = host_key
+        self._server: asyncssh.SSHAcceptor | None = None
+
+    async def start(self) -> None:
+        host, port = self.services.config.ssh_addr
+        try:
+            self._server = await asyncssh.create_server(
+                lambda: GatewayConnection(self.services),
+                host or None,
+                port,
+                server_host_keys=[self.host_key],
+                line_editor=False,
+                encoding=None,
+                allow_scp=False,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                login_timeout=60,
+                keepalive_interval=30,
+            )
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot listen for SSH on {host or '*'}:{port}: {exc.strerror}") from exc
+        log.info("ssh gateway listening on %s:%d", host or "*", port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

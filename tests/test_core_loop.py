@@ -9,6 +9,7 @@ import time
 import pytest
 
 from tests.conftest import require_image
+from tests.framework import openapi
 from tests.framework.platform import Platform, wait_until
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
@@ -24,7 +25,7 @@ def fetch_app(platform: Platform, host: str) -> tuple[int, str]:
 def start_app(platform: Platform, user: object, vm: str) -> None:
     command = (
         f"mkdir -p ~/site && echo '{APP_MARKER}' > ~/site/index.html && cd ~/site && "
-        "setsid nohup python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 < /dev/null &"
+        "setsid -f python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 < /dev/null"
     )
     result = platform.ssh(user, command, login=vm)  # type: ignore[arg-type]
     assert result.status == 0, result.stderr
@@ -57,10 +58,37 @@ def test_core_loop_end_to_end(platform: Platform) -> None:
     env = platform.ssh(alice, "bash -lc 'echo $USSYCODE_PUBLIC_URL'", login="mild-owl")
     assert env.stdout.strip() == f"https://{host}"
 
+    metadata = platform.ssh(alice, "curl -s http://169.254.169.254/v1/vm", login="mild-owl")
+    assert metadata.status == 0, metadata.stderr
+    document = json.loads(metadata.stdout)
+    openapi.validate("metadata.yaml", "VMDocument", document)
+    assert document["name"] == "mild-owl"
+    assert document["owner"] == "alice"
+    assert document["env"]["USSYCODE_PUBLIC_URL"] == f"https://{host}"
+    hostname = platform.ssh(
+        alice, "curl -s http://169.254.169.254/latest/meta-data/hostname", login="mild-owl"
+    )
+    assert hostname.stdout == "mild-owl\n"
+
     written = platform.ssh(
         alice, "cat > ~/note.txt && sync", login="mild-owl", stdin="kept across restarts\n"
     )
     assert written.status == 0, written.stderr
+
+    upload = platform.workdir / "upload.txt"
+    upload.write_text("sent with scp\n")
+    scp = platform.ns.run(
+        ["scp", "-P", "2224", *platform.ssh_argv(alice)[3:-2], str(upload), "mild-owl@127.0.0.1:up.txt"],
+        check=False,
+    )
+    assert scp.returncode == 0, scp.stderr
+    assert platform.ssh(alice, "cat up.txt", login="mild-owl").stdout == "sent with scp\n"
+
+    tty_argv = [*platform.ssh_argv(alice, "mild-owl", tty=True), "tty; echo term=$TERM; exit 3"]
+    tty = platform.ns.run(tty_argv, check=False, env={"TERM": "xterm-256color", "PATH": "/usr/bin:/bin"})
+    assert tty.returncode == 3
+    assert "/dev/pts/" in tty.stdout
+    assert "term=xterm-256color" in tty.stdout
 
     duplicate = platform.ssh(alice, "new --name mild-owl")
     assert duplicate.status != 0
@@ -106,6 +134,13 @@ def test_core_loop_end_to_end(platform: Platform) -> None:
         "the app after a server restart",
     )
     assert json.loads(platform.ssh(alice, "ls --json").stdout)[0]["state"] == "running"
+
+    unconfirmed = platform.ssh(alice, "rm mild-owl")
+    assert unconfirmed.status != 0
+    assert "rm needs confirmation" in unconfirmed.stderr
+    mistyped = platform.repl(alice, ["rm mild-owl", "mild-cat", "ls"])
+    assert 'rm cancelled: the typed name did not match "mild-owl"' in mistyped.stderr
+    assert "mild-owl" in mistyped.stdout
 
     disk_dir = next(platform.data_dir.glob("vms/*"))
     removed = platform.ssh(alice, "rm mild-owl --force")

@@ -76,7 +76,11 @@ class Platform:
 
     def __enter__(self) -> Platform:
         self.ns.__enter__()
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -258,7 +262,7 @@ class Platform:
 
     @property
     def root_ca(self) -> Path:
-        return self.data_dir / "caddy" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+        return self.data_dir / "caddy" / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
 
     def curl(self, url: str, *extra: str, timeout: float = 30) -> Result:
         """Fetch `url` with curl inside the namespace, trusting Caddy's internal root CA."""

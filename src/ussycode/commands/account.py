@@ -39,13 +39,13 @@ async def help_command(ctx: CommandContext, args: argparse.Namespace) -> Command
 
     if args.command:
         command = find_command(args.command)
-        data = {
+        usage = {
             "name": command.name,
             "summary": command.summary,
             "usage": command.usage(),
             "examples": command.examples,
         }
-        return CommandResult(data, command.usage())
+        return CommandResult(usage, command.usage())
     rows = [[command.name, command.summary] for command in REGISTRY.values()]
     data = [
         {"name": command.name, "group": command.group, "summary": command.summary}

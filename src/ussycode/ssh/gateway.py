@@ -118,14 +118,15 @@ class GatewayConnection(asyncssh.SSHServer):
         key = self.pending_key
         if key is None:
             raise InvalidInput("no public key was offered")
-        if session.interactive:
+        asks = session.interactive and session.has_pty
+        if asks:
             handle = await self._ask_handle(session)
         else:
             handle = self._generate_handle()
         user = self.services.store.create_user(handle, fingerprint(key), public_key_line(key), "first key")
         self.user, self.pending_key = user, None
         log.info("conn=%s user=%s registered key %s", self.conn_id, handle, fingerprint(key))
-        if session.interactive:
+        if asks:
             session.write(f"Registered as {handle}. Your SSH key is your login from now on.\n")
         return user
 

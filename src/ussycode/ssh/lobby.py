@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import asyncssh
 
 from ussycode.commands.base import CommandContext, Services
-from ussycode.commands.dispatch import execute, split_line
+from ussycode.commands.dispatch import Outcome, execute, split_line
 from ussycode.errors import UssycodeError
 from ussycode.ssh.lineedit import Event, EventKind, LineEditor
 from ussycode.store import User
@@ -36,7 +36,7 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
         self._events: asyncio.Queue[Event] = asyncio.Queue()
         self._raw_buffer = b""
         self._task: asyncio.Task[None] | None = None
-        self._command_task: asyncio.Task[object] | None = None
+        self._command_task: asyncio.Task[Outcome] | None = None
         self.interactive = False
 
     # Terminal protocol used by commands.
@@ -53,6 +53,10 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
     def progress(self, message: str) -> None:
         self.write(f"  … {message}\n", stderr=not self.interactive)
 
+    @property
+    def has_pty(self) -> bool:
+        return self._pty
+
     # Output.
 
     def write_bytes(self, data: bytes, *, stderr: bool = False) -> None:
@@ -68,11 +72,11 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
 
     # SSH callbacks.
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
 
     def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: dict[int, int]
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
     ) -> bool:
         self._pty = True
         return True
@@ -202,8 +206,8 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
                 self._command_task = None
             self.write(outcome.stdout)
             self.write(outcome.stderr, stderr=True)
-            status = outcome.status  # type: ignore[attr-defined]
-            if outcome.exit_session:  # type: ignore[attr-defined]
+            status = outcome.status
+            if outcome.exit_session:
                 status = 0
                 break
         self._exit(status)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import asyncssh
@@ -71,11 +71,11 @@ class VMProxySession(asyncssh.SSHServerSession[bytes]):
 
     # Server session callbacks (the user's side).
 
-    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:  # type: ignore[override]
+    def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
 
     def pty_requested(
-        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: dict[int, int]
+        self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
     ) -> bool:
         self._pty = (term_type, term_size, dict(term_modes))
         return True

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import asyncssh
-from ussycode.vm.image import ImageManifest, find_image
 
 from ussycode.config import Config
 from ussycode.errors import Conflict, NotFound, RuntimeFailure, UssycodeError
 from ussycode.names import check_vm_name, generate_name
 from ussycode.store import VM, Store, User
 from ussycode.vm import disks
+from ussycode.vm.image import ImageManifest, find_image
 from ussycode.vm.network import Network
 from ussycode.vm.runtime import VMRuntime, VMSpec
 from ussycode.vm.state import VMState, check_transition
@@ -302,10 +302,10 @@ class VMManager:
         try:
             async with conn:
                 result = await asyncio.wait_for(conn.run("true", check=False), 10)
-                return result.exit_status == 0
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             log.debug("vm=%s not ready: %s", vm.name, exc)
             return False
+        return result.exit_status == 0
 
     async def _halt(self, vm: VM) -> VM:
         """Shut the guest down in stages and mark it stopped."""

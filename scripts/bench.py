@@ -1,0 +1,153 @@
+"""Benchmark the core loop on this machine, inside a network namespace it creates and removes.
+
+Prints a table and writes JSON to bench-results/core-<time>.json:
+- seconds from `new` to the first command run in the VM (cold boot), over --runs VMs;
+- round trip of `ssh VM@host true` through the gateway against the same straight to the VM's sshd;
+- HTTPS requests per second and median latency through Caddy against the app fetched directly.
+
+Run as root from the checkout: .venv/bin/python scripts/bench.py [--runs 2] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform as host_platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.framework.platform import Platform, SSHUser, wait_until  # noqa: E402
+
+SSH_ROUNDS = 10
+
+
+def timed(action: Any) -> float:
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
+def check(result: Any, what: str) -> Any:
+    if result.status != 0:
+        raise SystemExit(f"bench: {what} failed ({result.status}): {result.stderr.strip()}")
+    return result
+
+
+def bench_new(platform: Platform, user: SSHUser, runs: int) -> list[float]:
+    times = []
+    for index in range(runs):
+        name = f"bench-{index}"
+
+        def create_and_run(vm: str = name) -> None:
+            check(platform.ssh(user, ["new", "--name", vm]), f"new {vm}")
+            check(platform.ssh(user, "true", login=vm), f"first command in {vm}")
+
+        times.append(timed(create_and_run))
+        if index < runs - 1:
+            check(platform.ssh(user, ["rm", name, "--force"]), f"rm {name}")
+    return times
+
+
+def bench_ssh(platform: Platform, user: SSHUser, vm: str, ip: str) -> dict[str, float]:
+    gateway = [
+        timed(lambda: check(platform.ssh(user, "true", login=vm), "ssh via gateway"))
+        for _ in range(SSH_ROUNDS)
+    ]
+    direct_argv = [
+        "ssh", "-i", str(user.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
+        f"ussycode@{ip}", "true",
+    ]  # fmt: skip
+    direct = [timed(lambda: platform.ns.run(direct_argv, timeout=60)) for _ in range(SSH_ROUNDS)]
+    return {"gateway_median_s": statistics.median(gateway), "direct_median_s": statistics.median(direct)}
+
+
+def http_load(platform: Platform, url: str, seconds: float, *extra: str) -> dict[str, Any]:
+    argv = [sys.executable, str(REPO / "scripts" / "http_load.py"), url, "--seconds", str(seconds), *extra]
+    completed = platform.ns.run(argv, timeout=seconds + 60)
+    result: dict[str, Any] = json.loads(completed.stdout)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=2, help="VMs created for the new-to-first-command figure")
+    parser.add_argument(
+        "--seconds", type=float, default=10.0, help="duration of each HTTP load run, in seconds"
+    )
+    args = parser.parse_args()
+
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip(),
+            "kernel": host_platform.release(),
+            "accel": "tcg",
+        }
+    }
+    with tempfile.TemporaryDirectory(prefix="ussybench-") as workdir, Platform(Path(workdir)) as platform:
+        user = platform.make_user("bench")
+        new_times = bench_new(platform, user, args.runs)
+        results["new_to_first_command_s"] = {"runs": new_times, "median": statistics.median(new_times)}
+
+        vm = f"bench-{args.runs - 1}"
+        listing = json.loads(check(platform.ssh(user, "ls --json"), "ls").stdout)
+        ip = next(entry["ip"] for entry in listing if entry["name"] == vm)
+        results["ssh_true_round_trip"] = bench_ssh(platform, user, vm, ip)
+
+        app = "setsid -f python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 < /dev/null"
+        check(
+            platform.ssh(user, f"mkdir -p ~/site && cd ~/site && echo ok > index.html && {app}", login=vm),
+            "app",
+        )
+        host = f"{vm}.{platform.domain}"
+        wait_until(
+            lambda: platform.curl(f"https://{host}/", "--resolve", f"{host}:443:127.0.0.1").status == 200,
+            60,
+            "app",
+        )
+        results["https_through_caddy"] = http_load(
+            platform,
+            f"https://{host}/",
+            args.seconds,
+            "--cacert",
+            str(platform.root_ca),
+            "--connect-to",
+            "127.0.0.1",
+        )
+        results["http_direct"] = http_load(platform, f"http://{ip}:8080/", args.seconds)
+
+    out_dir = REPO / "bench-results"
+    out_dir.mkdir(exist_ok=True)
+    out_file = out_dir / f"core-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out_file.write_text(json.dumps(results, indent=2))
+
+    ssh = results["ssh_true_round_trip"]
+    caddy, direct = results["https_through_caddy"], results["http_direct"]
+    median_new = results["new_to_first_command_s"]["median"]
+    rows = [
+        ("new -> first command (s)", f"median {median_new:.1f}, runs {[round(t, 1) for t in new_times]}"),
+        (
+            "ssh VM@host true (s)",
+            f"gateway {ssh['gateway_median_s']:.3f}, direct {ssh['direct_median_s']:.3f}",
+        ),
+        ("HTTPS via Caddy", f"{caddy['requests_per_second']} req/s, median {caddy['median_ms']} ms"),
+        ("HTTP direct to the app", f"{direct['requests_per_second']} req/s, median {direct['median_ms']} ms"),
+    ]
+    print(f"machine: {results['machine']}")
+    for label, value in rows:
+        print(f"{label:<26} {value}")
+    print(f"results: {out_file}")
+
+
+if __name__ == "__main__":
+    main()

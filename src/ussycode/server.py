@@ -100,7 +100,12 @@ async def serve(config: Config) -> None:
 
     accel = await choose_accel(config, store)
     runtime = QemuRuntime(binary=config.qemu_bin, accel=accel)
-    network = Network(bridge=config.bridge, subnet=config.subnet, metadata_port=config.metadata_addr[1])
+    network = Network(
+        bridge=config.bridge,
+        subnet=config.subnet,
+        metadata_port=config.metadata_addr[1],
+        host_ports=(config.ssh_addr[1], config.https_addr[1], config.http_addr[1]),
+    )
     await network.setup()
 
     api_host, api_port = config.api_addr

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class CommandResult:
-    """What a command produced: `data` for `--json`, `text` for people."""
+    """Output of a command: `data` for `--json`, `text` for people."""
 
     data: Any
     text: str

@@ -53,7 +53,7 @@ def error_code(exc: UssycodeError) -> str:
 
 @dataclass
 class Outcome:
-    """What the caller prints: `stdout` and `stderr` text, and the exit status."""
+    """Output of one command: `stdout` and `stderr` text and the exit status."""
 
     status: int
     stdout: str
@@ -73,7 +73,7 @@ def _wants_json(argv: list[str]) -> bool:
 
 
 async def execute(ctx: CommandContext, argv: list[str]) -> Outcome:
-    """Run one command and render its result or error; never raises a `UssycodeError`."""
+    """Run one command and render its result, or its `UssycodeError` as an error outcome."""
     json_output = _wants_json(argv)
     ctx.json_output = json_output
     try:

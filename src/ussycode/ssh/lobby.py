@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 
 import asyncssh
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 PROMPT = "ussy> "
 MAX_LINE_BYTES = 16 * 1024
 
-# Resolves the connection's user; for a new key it registers one, asking `ask` for a handle.
+# Returns the connection's user. For a new key it registers one and, on a terminal, asks for a handle.
 UserResolver = Callable[["LobbySession"], Awaitable[User]]
 
 
@@ -38,6 +39,7 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
         self._task: asyncio.Task[None] | None = None
         self._command_task: asyncio.Task[Outcome] | None = None
         self.interactive = False
+        self._command_started = time.monotonic()
 
     # Terminal protocol used by commands.
 
@@ -51,7 +53,9 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
         return event.text if event.kind is EventKind.LINE else None
 
     def progress(self, message: str) -> None:
-        self.write(f"  … {message}\n", stderr=not self.interactive)
+        """Print a step with the seconds since the command began; on stderr in exec mode."""
+        elapsed = time.monotonic() - self._command_started
+        self.write(f"  [{elapsed:5.1f}s] {message}\n", stderr=not self.interactive)
 
     @property
     def has_pty(self) -> bool:
@@ -164,6 +168,7 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
             self._exit(2)
             return
         ctx = CommandContext(self.services, user, self, conn_id=self.conn_id)
+        self._command_started = time.monotonic()
         outcome = await execute(ctx, argv)
         self.write(outcome.stdout)
         self.write(outcome.stderr, stderr=True)
@@ -194,6 +199,7 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
                 continue
             if not argv:
                 continue
+            self._command_started = time.monotonic()
             self._command_task = asyncio.create_task(execute(ctx, argv))
             try:
                 outcome = await self._command_task

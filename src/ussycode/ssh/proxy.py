@@ -1,8 +1,8 @@
 """Pass an SSH session through the gateway to the sshd inside a VM.
 
-The client's session (shell, exec or subsystem such as sftp, with or without a PTY) is replayed
-on a new session to the guest: bytes, EOF, window changes, signals and breaks flow in, and
-output, EOF and the exit status or signal flow back. Backpressure is propagated both ways so a
+The client's session (shell, exec or a subsystem such as sftp, with or without a PTY) is replayed
+on a new session to the guest. Input bytes, EOF, window changes, signals and breaks go to the
+guest. Output, EOF and the exit status or signal come back. Backpressure is propagated both ways so a
 large transfer does not buffer in the gateway.
 """
 
@@ -205,11 +205,16 @@ class VMProxySession(asyncssh.SSHServerSession[bytes]):
             self._fail(f'cannot open a session in vm "{self._vm_name}": {exc}')
             return
         self._guest_chan = guest_chan
+        kind = "shell"
+        if subsystem:
+            kind = "subsystem"
+        elif command:
+            kind = "exec"
         log.info(
             "conn=%s vm=%s session opened kind=%s pty=%s",
             self._conn_id,
             self._vm_name,
-            "subsystem" if subsystem else "exec" if command else "shell",
+            kind,
             self._pty is not None,
         )
         for data, datatype in self._pending:

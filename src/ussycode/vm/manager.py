@@ -1,8 +1,8 @@
 """The VM manager: owns VM state, persistence and the order of lifecycle steps.
 
-The runtime (QEMU) only drives the hypervisor, the network module only plumbs devices; this
+The runtime (QEMU) only drives the hypervisor and the network module only plumbs devices. This
 module decides what happens when, records every change in the store and the event log, and
-tells its listener (the Caddy integration) about each change.
+notifies its listener (the Caddy integration) of each change.
 """
 
 from __future__ import annotations
@@ -134,7 +134,7 @@ class VMManager:
         image: str | None = None,
         progress: Progress = _no_progress,
     ) -> VM:
-        """Create a VM and boot it until its sshd answers; on failure nothing of it remains."""
+        """Create a VM and boot it until its sshd accepts a login; on failure nothing of it remains."""
         image_name = image or self.config.image
         manifest = self.resolve_image(image_name)
         async with self._create_lock:
@@ -254,7 +254,7 @@ class VMManager:
             now = time.monotonic()
             if now >= deadline:
                 raise RuntimeFailure(
-                    f'vm "{vm.name}" did not answer on SSH within {self.config.boot_timeout:g} s;'
+                    f'vm "{vm.name}" did not respond on SSH within {self.config.boot_timeout:g} s;'
                     f" see the console log in {spec.run_dir / 'console.log'}"
                 )
             if now - last_report >= 5:

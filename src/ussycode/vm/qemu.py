@@ -1,0 +1,401 @@
+"""The QEMU runtime: one daemonized `qemu-system-x86_64` per VM.
+
+QEMU runs detached (`-daemonize`), so VMs keep running while `ussycode serve` restarts. Each VM's
+`run_dir` contains what is needed to find and control the process again:
+
+    qemu.pid       PID written by QEMU; `pid()` trusts it only if /proc/PID/cmdline names this file
+    qmp.sock       QMP control socket, used for ACPI power-down and quit
+    console.log    serial console of the current boot (console.log.1 holds the previous boot)
+    qemu.cmdline   the command line of the last start, one shell-quoted line
+
+The machine is `pc`: `microvm` has no usable clock source under TCG and the guest hangs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shlex
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ussycode import proc
+from ussycode.errors import ConfigError, Conflict, InvalidInput, NotFound, RuntimeFailure
+from ussycode.vm.runtime import VMSpec
+
+log = logging.getLogger(__name__)
+
+PIDFILE = "qemu.pid"
+QMP_SOCKET = "qmp.sock"
+CONSOLE_LOG = "console.log"
+CMDLINE_FILE = "qemu.cmdline"
+
+ACCELERATORS = ("kvm", "tcg")
+# TCG translation cache per VM, in MiB. QEMU 7.2 defaults to 1 GiB, which a long-running guest
+# can fill. 256 MiB is an estimate with room for a booted Debian guest; a full cache is flushed
+# and refilled, which costs speed, not correctness.
+TCG_TB_SIZE_MB = 256
+# Longest AF_UNIX socket path: sun_path is 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH = 107
+
+START_TIMEOUT = 30.0  # until the daemonizing parent process exits
+PIDFILE_TIMEOUT = 5.0
+QMP_TIMEOUT = 5.0
+STAGE_TIMEOUT = 5.0  # per stage after the graceful one: QMP quit, SIGTERM, SIGKILL
+
+
+def _escape_option(value: str) -> str:
+    """Escape `value` for a comma-separated QEMU option string, where ',,' is a literal comma."""
+    return value.replace(",", ",,")
+
+
+def _guest_name(spec: VMSpec) -> str:
+    return f"ussycode-vm-{spec.vm_id}"
+
+
+class QemuRuntime:
+    """Start, stop and find QEMU processes, one per VM."""
+
+    name = "qemu"
+
+    def __init__(self, *, binary: str = "qemu-system-x86_64", accel: str = "tcg") -> None:
+        """Use the QEMU `binary` with accelerator `accel` ("kvm" or "tcg").
+
+        :raise ConfigError: `accel` is neither "kvm" nor "tcg".
+        """
+        if accel not in ACCELERATORS:
+            raise ConfigError(f"invalid QEMU accelerator {accel!r}: use kvm or tcg")
+        self.binary = binary
+        self.accel = accel
+
+    # Command line.
+
+    def command(self, spec: VMSpec) -> list[str]:
+        """Return the QEMU command line that boots `spec`.
+
+        The `-name` and `-pidfile` arguments mark the process as this VM's, for `pid()`.
+
+        :raise InvalidInput: the CPU count or memory is not positive, or `run_dir` is so long
+            that the QMP socket path would not fit in a unix socket address.
+        """
+        if spec.cpus <= 0 or spec.memory_mb <= 0:
+            raise InvalidInput(
+                f'vm "{spec.name}" needs a positive CPU count and memory,'
+                f" not {spec.cpus} CPUs and {spec.memory_mb} MiB"
+            )
+        run_dir = spec.run_dir.absolute()
+        qmp_socket = run_dir / QMP_SOCKET
+        if len(os.fsencode(qmp_socket)) > MAX_SOCKET_PATH:
+            raise InvalidInput(
+                f"QMP socket path {qmp_socket} is longer than {MAX_SOCKET_PATH} bytes:"
+                " use a shorter data directory"
+            )
+
+        if self.accel == "kvm":
+            accel = ["-accel", "kvm", "-cpu", "host"]
+        else:
+            accel = ["-accel", f"tcg,tb-size={TCG_TB_SIZE_MB}", "-cpu", "max"]
+        drive = ",".join(
+            [
+                f"file={_escape_option(str(spec.disk.absolute()))}",
+                "if=none",
+                "id=disk0",
+                "format=qcow2",
+                "cache=writeback",
+                "aio=threads",
+                "discard=unmap",
+                "detect-zeroes=unmap",
+            ]
+        )
+        netdev = ",".join(
+            [
+                "tap",
+                "id=net0",
+                f"ifname={_escape_option(spec.tap)}",
+                "script=no",
+                "downscript=no",
+                "vhost=off",
+            ]
+        )
+        return [
+            self.binary,
+            "-name", f"{_guest_name(spec)},process={_escape_option('ussy-' + spec.name)}",
+            "-M", "pc",
+            *accel,
+            "-smp", str(spec.cpus),
+            "-m", f"{spec.memory_mb}M",
+            "-nodefaults", "-no-user-config", "-display", "none",
+            # Deny obsolete and scheduler-control system calls; "spawn" and
+            # "elevateprivileges" stay allowed because -daemonize needs them (QEMU 7.2).
+            "-sandbox", "on,obsolete=deny,resourcecontrol=deny",
+            # NOTE: QEMU truncates console.log at each start but does not bound it during a
+            # boot, so a guest that floods its serial console fills the data disk.
+            "-serial", f"file:{run_dir / CONSOLE_LOG}",
+            "-kernel", str(spec.kernel.absolute()),
+            "-initrd", str(spec.initrd.absolute()),
+            "-append", spec.cmdline,
+            "-drive", drive,
+            "-device", "virtio-blk-pci,drive=disk0",
+            "-netdev", netdev,
+            "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}",
+            "-object", "rng-random,id=rng0,filename=/dev/urandom",
+            "-device", "virtio-rng-pci,rng=rng0",
+            "-qmp", f"unix:{_escape_option(str(qmp_socket))},server=on,wait=off",
+            "-pidfile", str(run_dir / PIDFILE),
+            "-daemonize",
+        ]  # fmt: skip
+
+    # Lifecycle.
+
+    async def start(self, spec: VMSpec) -> int:
+        """Start QEMU for `spec` and return its PID once the daemonized process runs.
+
+        :raise Conflict: this VM's QEMU is already running.
+        :raise NotFound: the disk, kernel or initrd is missing.
+        :raise InvalidInput: see `command`.
+        :raise RuntimeFailure: QEMU exited with an error or wrote no valid pidfile.
+        """
+        running = self.pid(spec)
+        if running is not None:
+            raise Conflict(f'vm "{spec.name}" is already running (pid {running}): stop it first')
+        argv = self.command(spec)
+        run_dir = self._prepare_run_dir(spec)
+        command_text = shlex.join(argv)
+        (run_dir / CMDLINE_FILE).write_text(command_text + "\n")
+
+        log.info("vm=%s starting qemu (%s)", spec.name, self.accel)
+        log.debug("vm=%s command line: %s", spec.name, command_text)
+        try:
+            result = await proc.run(argv, check=False, timeout=START_TIMEOUT)
+        except RuntimeFailure:
+            # A timeout ends only the parent; a daemon it forked may be running.
+            self._kill_leftover(spec)
+            raise
+        if result.returncode != 0:
+            output = (result.stderr or result.stdout).strip()[-proc.OUTPUT_TAIL_CHARS :]
+            raise RuntimeFailure(
+                f'qemu failed to start vm "{spec.name}" with exit code {result.returncode}:'
+                f" {output or '(no output)'}\ncommand line: {command_text}",
+                output=output,
+                returncode=result.returncode,
+            )
+
+        pid = await self._wait_for_pid(spec)
+        log.info("vm=%s qemu running pid=%d", spec.name, pid)
+        return pid
+
+    def _prepare_run_dir(self, spec: VMSpec) -> Path:
+        for path, what in ((spec.disk, "disk"), (spec.kernel, "kernel"), (spec.initrd, "initrd")):
+            if not path.is_file():
+                raise NotFound(f'{what} {path} of vm "{spec.name}" not found')
+        run_dir = spec.run_dir.absolute()
+        run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for stale in (PIDFILE, QMP_SOCKET):
+            (run_dir / stale).unlink(missing_ok=True)
+        console = run_dir / CONSOLE_LOG
+        if console.exists():
+            os.replace(console, run_dir / f"{CONSOLE_LOG}.1")
+        return run_dir
+
+    async def _wait_for_pid(self, spec: VMSpec) -> int:
+        # QEMU writes the pidfile before the parent process exits, so this loop normally
+        # returns at once; the polling covers a slow file system.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PIDFILE_TIMEOUT
+        while True:
+            pid = self.pid(spec)
+            if pid is not None:
+                return pid
+            if loop.time() >= deadline:
+                raise RuntimeFailure(
+                    f'qemu of vm "{spec.name}" exited right after starting or wrote no pidfile;'
+                    f" console output: {self.console_tail(spec, 2000) or '(none)'}"
+                )
+            await asyncio.sleep(0.05)
+
+    def _kill_leftover(self, spec: VMSpec) -> None:
+        pid = self.pid(spec)
+        if pid is not None:
+            log.warning("vm=%s killing qemu pid=%d left by a failed start", spec.name, pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    async def stop(self, spec: VMSpec, *, timeout: float = 30.0) -> None:
+        """Stop QEMU in stages: ACPI power-down, QMP quit, SIGTERM, SIGKILL.
+
+        The guest gets `timeout` seconds to power down on its own (none if `timeout` <= 0);
+        each later stage gets 5 seconds. Stopping a VM that is not running does nothing.
+
+        :raise RuntimeFailure: the process is still alive after SIGKILL.
+        """
+        pid = self.pid(spec)
+        if pid is None:
+            self._remove_runtime_files(spec)
+            return
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._remove_runtime_files(spec)
+            return
+        if self.pid(spec) != pid:
+            # The process exited, and its PID may have been reused, before the pidfd was opened.
+            os.close(pidfd)
+            self._remove_runtime_files(spec)
+            return
+
+        try:
+            if timeout > 0 and await self._stage_qmp(spec, "system_powerdown"):
+                if await _wait_exit(pidfd, timeout):
+                    log.info("vm=%s powered down", spec.name)
+                    return
+                log.warning("vm=%s did not power down within %g s", spec.name, timeout)
+            if await self._stage_qmp(spec, "quit") and await _wait_exit(pidfd, STAGE_TIMEOUT):
+                log.info("vm=%s stopped by QMP quit", spec.name)
+                return
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                with contextlib.suppress(ProcessLookupError):
+                    signal.pidfd_send_signal(pidfd, sig)
+                if await _wait_exit(pidfd, STAGE_TIMEOUT):
+                    log.warning("vm=%s stopped by %s", spec.name, sig.name)
+                    return
+            raise RuntimeFailure(f'qemu of vm "{spec.name}" (pid {pid}) survived SIGKILL')
+        finally:
+            os.close(pidfd)
+            if self.pid(spec) is None:
+                self._remove_runtime_files(spec)
+
+    async def _stage_qmp(self, spec: VMSpec, command: str) -> bool:
+        """Send `command` over QMP and return whether QEMU accepted it."""
+        try:
+            await qmp_execute(spec.run_dir.absolute() / QMP_SOCKET, command)
+        except RuntimeFailure as exc:
+            log.warning("vm=%s QMP %s failed: %s", spec.name, command, exc)
+            return False
+        return True
+
+    def _remove_runtime_files(self, spec: VMSpec) -> None:
+        for name in (PIDFILE, QMP_SOCKET):
+            (spec.run_dir / name).unlink(missing_ok=True)
+
+    # Inspection.
+
+    def pid(self, spec: VMSpec) -> int | None:
+        """Return the PID of this VM's live QEMU, or None.
+
+        The pidfile alone is not trusted: the process must still exist and its command line
+        must carry this VM's `-name` and `-pidfile` arguments, because PIDs are reused.
+        """
+        pidfile = spec.run_dir.absolute() / PIDFILE
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if pid <= 0:
+            return None
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return None
+        # A zombie has an empty command line, which fails the checks below.
+        argv = [os.fsdecode(arg) for arg in raw.split(b"\0")]
+        name_prefix = f"{_guest_name(spec)},"
+        if not _has_option(argv, "-pidfile", lambda value: value == str(pidfile)):
+            return None
+        if not _has_option(argv, "-name", lambda value: value.startswith(name_prefix)):
+            return None
+        return pid
+
+    def console_tail(self, spec: VMSpec, max_bytes: int = 8192) -> str:
+        """Return up to the last `max_bytes` of the current boot's console output, or ""."""
+        path = spec.run_dir / CONSOLE_LOG
+        try:
+            with path.open("rb") as console:
+                size = console.seek(0, os.SEEK_END)
+                console.seek(max(0, size - max(0, max_bytes)))
+                data = console.read()
+        except FileNotFoundError:
+            return ""
+        return data.decode(errors="replace").replace("\r", "")
+
+
+def _has_option(argv: list[str], option: str, matches: Callable[[str], bool]) -> bool:
+    return any(argv[index] == option and matches(argv[index + 1]) for index in range(len(argv) - 1))
+
+
+async def _wait_exit(pidfd: int, timeout: float) -> bool:
+    """Wait up to `timeout` seconds for the process behind `pidfd` to exit."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def on_readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    # A pidfd becomes readable when its process exits, whether or not it is our child.
+    loop.add_reader(pidfd, on_readable)
+    try:
+        await asyncio.wait_for(exited, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)
+    return True
+
+
+async def qmp_execute(socket_path: Path, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    """Run one QMP command on the QEMU listening at `socket_path` and return its "return" value.
+
+    :raise RuntimeFailure: the socket cannot be reached, QEMU replied with an error, or no
+        reply came within 5 seconds.
+    """
+    request: dict[str, Any] = {"execute": command}
+    if arguments:
+        request["arguments"] = arguments
+    try:
+        async with asyncio.timeout(QMP_TIMEOUT):
+            reader, writer = await asyncio.open_unix_connection(str(socket_path))
+            try:
+                greeting = await _read_qmp_message(reader)
+                if "QMP" not in greeting:
+                    raise RuntimeFailure(f"unexpected QMP greeting on {socket_path}: {greeting}")
+                await _send_qmp(writer, {"execute": "qmp_capabilities"})
+                await _read_qmp_reply(reader)
+                await _send_qmp(writer, request)
+                return await _read_qmp_reply(reader)
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except TimeoutError as exc:
+        raise RuntimeFailure(f"QMP {command} on {socket_path} timed out") from exc
+    except (OSError, ValueError) as exc:
+        raise RuntimeFailure(f"QMP {command} on {socket_path} failed: {exc}") from exc
+
+
+async def _send_qmp(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode() + b"\n")
+    await writer.drain()
+
+
+async def _read_qmp_message(reader: asyncio.StreamReader) -> dict[str, Any]:
+    line = await reader.readline()
+    if not line:
+        raise RuntimeFailure("QMP connection closed by QEMU")
+    message: dict[str, Any] = json.loads(line)
+    return message
+
+
+async def _read_qmp_reply(reader: asyncio.StreamReader) -> Any:
+    """Read messages up to the reply of the last command, skipping asynchronous events."""
+    while True:
+        message = await _read_qmp_message(reader)
+        if "return" in message:
+            return message["return"]
+        if "error" in message:
+            error = message["error"]
+            raise RuntimeFailure(f"QMP error {error.get('class')}: {error.get('desc')}")

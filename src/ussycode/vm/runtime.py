@@ -1,0 +1,65 @@
+"""The interface between the VM manager and a hypervisor.
+
+The manager owns VM state and persistence; a runtime only starts, stops and finds hypervisor
+processes. Runtimes keep no state of their own between calls: everything they need to find a VM
+again, after a restart of the server, is in the VM's `run_dir`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """Everything a runtime needs to boot one VM.
+
+    `cmdline` is the full kernel command line. `run_dir` is owned by the runtime while the VM
+    runs and contains its pidfile, QMP socket, console log and recorded command line.
+    """
+
+    vm_id: int
+    name: str
+    cpus: int
+    memory_mb: int
+    disk: Path
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    tap: str
+    mac: str
+    run_dir: Path
+
+
+class VMRuntime(Protocol):
+    """A hypervisor driver, such as `ussycode.vm.qemu.QemuRuntime`."""
+
+    name: str
+
+    async def start(self, spec: VMSpec) -> int:
+        """Start the hypervisor and return its PID once it runs; the guest may still be booting.
+
+        :raise Conflict: the VM's hypervisor is already running.
+        :raise RuntimeFailure: the hypervisor failed to start.
+        """
+        ...
+
+    async def stop(self, spec: VMSpec, *, timeout: float = 30.0) -> None:
+        """Stop the hypervisor in stages, starting with a graceful guest shutdown.
+
+        `timeout` is how many seconds the guest gets to shut down on its own. Stopping a VM
+        that is not running does nothing.
+
+        :raise RuntimeFailure: the process survived every stage, including SIGKILL.
+        """
+        ...
+
+    def pid(self, spec: VMSpec) -> int | None:
+        """Return the PID of this VM's live hypervisor process, or None if it is not running."""
+        ...
+
+    def console_tail(self, spec: VMSpec, max_bytes: int = 8192) -> str:
+        """Return the last `max_bytes` of the VM's serial console output of the current boot."""
+        ...

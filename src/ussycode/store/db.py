@@ -86,7 +86,8 @@ class Store:
         else:
             self._db.execute("COMMIT")
 
-    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """Run one statement; a constraint failure raises `Conflict`, any other error `StoreError`."""
         try:
             return self._db.execute(sql, params)
         except sqlite3.IntegrityError as exc:
@@ -100,9 +101,9 @@ class Store:
         """Create a user together with their first SSH key."""
         now = utc_now()
         with self.transaction():
-            cursor = self._execute("INSERT INTO users (handle, created_at) VALUES (?, ?)", (handle, now))
+            cursor = self.execute("INSERT INTO users (handle, created_at) VALUES (?, ?)", (handle, now))
             user_id = int(cursor.lastrowid or 0)
-            self._execute(
+            self.execute(
                 "INSERT INTO ssh_keys (user_id, fingerprint, public_key, name, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (user_id, fingerprint, public_key, key_name, now),
@@ -110,17 +111,17 @@ class Store:
         return User(user_id, handle, now)
 
     def get_user(self, user_id: int) -> User:
-        row = self._execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        row = self.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
         if row is None:
             raise NotFound(f"user {user_id} not found")
         return User(**dict(row))
 
     def find_user_by_handle(self, handle: str) -> User | None:
-        row = self._execute("SELECT * FROM users WHERE handle = ?", (handle,)).fetchone()
+        row = self.execute("SELECT * FROM users WHERE handle = ?", (handle,)).fetchone()
         return User(**dict(row)) if row else None
 
     def find_user_by_fingerprint(self, fingerprint: str) -> User | None:
-        row = self._execute(
+        row = self.execute(
             "SELECT users.* FROM users JOIN ssh_keys ON ssh_keys.user_id = users.id"
             " WHERE ssh_keys.fingerprint = ?",
             (fingerprint,),
@@ -128,14 +129,14 @@ class Store:
         return User(**dict(row)) if row else None
 
     def list_keys(self, user_id: int) -> list[SSHKey]:
-        rows = self._execute("SELECT * FROM ssh_keys WHERE user_id = ? ORDER BY id", (user_id,))
+        rows = self.execute("SELECT * FROM ssh_keys WHERE user_id = ? ORDER BY id", (user_id,))
         return [SSHKey(**dict(row)) for row in rows]
 
     # Images.
 
     def upsert_image(self, name: str, recipe_hash: str, path: str) -> Image:
         now = utc_now()
-        self._execute(
+        self.execute(
             "INSERT INTO images (name, recipe_hash, path, created_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT(name) DO UPDATE SET recipe_hash = excluded.recipe_hash,"
             " path = excluded.path, created_at = excluded.created_at",
@@ -144,11 +145,11 @@ class Store:
         return Image(name, recipe_hash, path, now)
 
     def find_image(self, name: str) -> Image | None:
-        row = self._execute("SELECT * FROM images WHERE name = ?", (name,)).fetchone()
+        row = self.execute("SELECT * FROM images WHERE name = ?", (name,)).fetchone()
         return Image(**dict(row)) if row else None
 
     def list_images(self) -> list[Image]:
-        return [Image(**dict(row)) for row in self._execute("SELECT * FROM images ORDER BY name")]
+        return [Image(**dict(row)) for row in self.execute("SELECT * FROM images ORDER BY name")]
 
     # VMs.
 
@@ -168,7 +169,7 @@ class Store:
     ) -> VM:
         """Insert a VM row; a taken name, IP or MAC raises `Conflict`."""
         now = utc_now()
-        cursor = self._execute(
+        cursor = self.execute(
             "INSERT INTO vms (name, owner_id, state, image, image_path, cpus, memory_mb, disk_bytes,"
             " ip, mac, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -189,55 +190,55 @@ class Store:
         return self.get_vm(int(cursor.lastrowid or 0))
 
     def get_vm(self, vm_id: int) -> VM:
-        row = self._execute("SELECT * FROM vms WHERE id = ?", (vm_id,)).fetchone()
+        row = self.execute("SELECT * FROM vms WHERE id = ?", (vm_id,)).fetchone()
         if row is None:
             raise NotFound(f"vm {vm_id} not found")
         return VM(**dict(row))
 
     def find_vm(self, name: str) -> VM | None:
-        row = self._execute("SELECT * FROM vms WHERE name = ?", (name,)).fetchone()
+        row = self.execute("SELECT * FROM vms WHERE name = ?", (name,)).fetchone()
         return VM(**dict(row)) if row else None
 
     def find_vm_by_ip(self, ip: str) -> VM | None:
-        row = self._execute("SELECT * FROM vms WHERE ip = ?", (ip,)).fetchone()
+        row = self.execute("SELECT * FROM vms WHERE ip = ?", (ip,)).fetchone()
         return VM(**dict(row)) if row else None
 
     def list_vms(self, owner_id: int | None = None) -> list[VM]:
         if owner_id is None:
-            rows = self._execute("SELECT * FROM vms ORDER BY id")
+            rows = self.execute("SELECT * FROM vms ORDER BY id")
         else:
-            rows = self._execute("SELECT * FROM vms WHERE owner_id = ? ORDER BY id", (owner_id,))
+            rows = self.execute("SELECT * FROM vms WHERE owner_id = ? ORDER BY id", (owner_id,))
         return [VM(**dict(row)) for row in rows]
 
     def used_ips(self) -> set[str]:
-        return {row[0] for row in self._execute("SELECT ip FROM vms")}
+        return {row[0] for row in self.execute("SELECT ip FROM vms")}
 
     def set_vm_state(self, vm_id: int, state: str, *, started: bool = False) -> VM:
         now = utc_now()
         if started:
-            self._execute(
+            self.execute(
                 "UPDATE vms SET state = ?, updated_at = ?, started_at = ? WHERE id = ?",
                 (state, now, now, vm_id),
             )
         else:
-            self._execute("UPDATE vms SET state = ?, updated_at = ? WHERE id = ?", (state, now, vm_id))
+            self.execute("UPDATE vms SET state = ?, updated_at = ? WHERE id = ?", (state, now, vm_id))
         return self.get_vm(vm_id)
 
     def set_vm_host_keys(self, vm_id: int, host_keys: str) -> None:
-        self._execute(
+        self.execute(
             "UPDATE vms SET host_keys = ?, updated_at = ? WHERE id = ?",
             (host_keys, utc_now(), vm_id),
         )
 
     def delete_vm(self, vm_id: int) -> None:
-        self._execute("DELETE FROM vms WHERE id = ?", (vm_id,))
+        self.execute("DELETE FROM vms WHERE id = ?", (vm_id,))
 
     # Events.
 
     def add_event(
         self, vm_id: int | None, vm_name: str, user_id: int | None, kind: str, detail: str = ""
     ) -> None:
-        self._execute(
+        self.execute(
             "INSERT INTO events (vm_id, vm_name, user_id, kind, detail, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (vm_id, vm_name, user_id, kind, detail, utc_now()),
@@ -245,9 +246,9 @@ class Store:
 
     def list_events(self, vm_name: str | None = None, limit: int = 100) -> list[Event]:
         if vm_name is None:
-            rows = self._execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+            rows = self.execute("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
         else:
-            rows = self._execute(
+            rows = self.execute(
                 "SELECT * FROM events WHERE vm_name = ? ORDER BY id DESC LIMIT ?", (vm_name, limit)
             )
         return [Event(**dict(row)) for row in rows]
@@ -255,11 +256,11 @@ class Store:
     # Facts about the host, such as the result of the KVM probe.
 
     def get_fact(self, key: str) -> str | None:
-        row = self._execute("SELECT value FROM host_facts WHERE key = ?", (key,)).fetchone()
+        row = self.execute("SELECT value FROM host_facts WHERE key = ?", (key,)).fetchone()
         return str(row[0]) if row else None
 
     def set_fact(self, key: str, value: str) -> None:
-        self._execute(
+        self.execute(
             "INSERT INTO host_facts (key, value, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
             (key, value, utc_now()),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +41,35 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--force", action="store_true", help="rebuild even if a build with this recipe exists")
     listing = image_commands.add_parser("list", help="list built images")
     config.add_arguments(listing)
+
+    remote = commands.add_parser("exec", help="run a command through the HTTPS API (POST /exec)")
+    remote.add_argument("command_line", metavar="COMMAND", help='the command line, quoted, e.g. "ls"')
+    remote.add_argument(
+        "--url", default=None, help="server URL (env USSYCODE_URL; default https://ussy.localhost)"
+    )
+    remote.add_argument("--token", default=None, help="usy0 or usy1 token (env USSYCODE_TOKEN)")
+    remote.add_argument("--cacert", default=None, help="CA certificate for a server with a private CA")
     return parser
+
+
+def _exec(args: argparse.Namespace) -> int:
+    from ussycode.client import APIError, Client
+
+    url = args.url or os.environ.get("USSYCODE_URL") or "https://ussy.localhost"
+    token = args.token or os.environ.get("USSYCODE_TOKEN")
+    if not token:
+        print("ussycode exec: missing token: pass --token or set USSYCODE_TOKEN", file=sys.stderr)
+        return 2
+    try:
+        result = Client(url, token, cafile=args.cacert).exec(args.command_line)
+    except APIError as exc:
+        print(f"ussycode exec: {exc.status} {exc.code}: {exc.message}", file=sys.stderr)
+        return 1
+    except UssycodeError as exc:
+        print(f"ussycode exec: {exc.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(result.data, indent=2))
+    return result.exit_status if result.exit_status is not None else 0
 
 
 def _image_build(settings: config.Config, args: argparse.Namespace) -> int:
@@ -78,6 +108,8 @@ def _image_list(settings: config.Config) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "exec":
+        return _exec(args)
     try:
         settings = config.load(args)
     except UssycodeError as exc:

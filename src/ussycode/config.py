@@ -110,6 +110,13 @@ def _check_non_negative_float(text: str) -> float:
     return value
 
 
+def _check_positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
 def _check_dns(text: str) -> tuple[str, ...]:
     servers = tuple(part.strip() for part in text.split(",") if part.strip())
     for server in servers:
@@ -205,6 +212,18 @@ SETTINGS: tuple[Setting, ...] = (
         _check_non_negative_float,
     ),
     Setting(
+        "api_rate",
+        "10",
+        "API requests per second for each signing key or API key, with bursts of twice that",
+        _check_positive_float,
+    ),
+    Setting(
+        "session_days",
+        "30",
+        "days a browser login lasts before the browser command is needed again",
+        _check_positive_int,
+    ),
+    Setting(
         "tls",
         "auto",
         "certificates: internal (Caddy's own CA), acme, or auto (internal for local domains)",
@@ -242,6 +261,8 @@ class Config:
     vm_disk: int
     vm_dns: tuple[str, ...]
     boot_timeout: float
+    api_rate: float
+    session_days: int
     tls: str
     acme_email: str
     caddy_bin: str

@@ -8,7 +8,10 @@ import logging
 import os
 import signal
 
+from ussycode.api.exec import ExecEndpoint
 from ussycode.api.server import APIServer
+from ussycode.auth.api_tokens import TokenVerifier
+from ussycode.auth.ratelimit import RateLimiter
 from ussycode.commands.base import Services
 from ussycode.config import Config
 from ussycode.errors import ConfigError, RuntimeFailure
@@ -136,7 +139,9 @@ async def serve(config: Config) -> None:
         manager=manager,
         gateway_public_key=public_key_line(gateway_key, "ussycode-gateway"),
     )
-    api = APIServer(config=config, store=store)
+    verifier = TokenVerifier(store, config.domain)
+    limiter = RateLimiter(config.api_rate, 2 * config.api_rate)
+    api = APIServer(config=config, store=store, exec_endpoint=ExecEndpoint(services, verifier, limiter))
     gateway = Gateway(services, host_key)
 
     stop_event = asyncio.Event()

@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import html
+import json
 import logging
+from pathlib import Path
 
 from aiohttp import web
 
+from ussycode.api.exec import ExecEndpoint
 from ussycode.config import Config
 from ussycode.errors import RuntimeFailure
 from ussycode.store import Store
+
+OPENAPI_DOCUMENT = Path(__file__).resolve().parent / "openapi" / "exec.json"
 
 log = logging.getLogger(__name__)
 
 
 class APIServer:
-    def __init__(self, *, config: Config, store: Store) -> None:
+    def __init__(self, *, config: Config, store: Store, exec_endpoint: ExecEndpoint | None = None) -> None:
         self.config = config
         self.store = store
+        self.exec_endpoint = exec_endpoint
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -25,11 +31,14 @@ class APIServer:
         app.router.add_get("/", self.index)
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/__ussycode/tls-ask", self.tls_ask)
+        app.router.add_get("/openapi.json", self.openapi)
+        if self.exec_endpoint is not None:
+            app.router.add_route("*", "/exec", self.exec_endpoint.handle)
         return app
 
     async def start(self) -> None:
         host, port = self.config.api_addr
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(self.app(), access_log=None, max_field_size=32 * 1024)
         await self._runner.setup()
         try:
             await web.TCPSite(self._runner, host or None, port, reuse_address=True).start()
@@ -55,6 +64,14 @@ class APIServer:
             "</body></html>"
         )
         return web.Response(text=body, content_type="text/html")
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """Serve the OpenAPI document of `/exec`, with this server's domain as its server URL."""
+        del request
+        document = json.loads(OPENAPI_DOCUMENT.read_text())
+        port = self.config.https_addr[1]
+        document["servers"] = [{"url": f"https://{self.config.domain}" + ("" if port == 443 else f":{port}")}]
+        return web.json_response(document)
 
     async def health(self, request: web.Request) -> web.Response:
         del request

@@ -22,6 +22,7 @@ class CommandResult:
     data: Any
     text: str
     exit_session: bool = False
+    exit_status: int = 0
 
 
 @dataclass
@@ -64,6 +65,19 @@ class ArgumentParser(argparse.ArgumentParser):
         raise InvalidInput(message or f"{self.prog}: invalid arguments")
 
 
+def add_subcommand(actions: Any, name: str, summary: str) -> ArgumentParser:
+    """Add a subcommand parser that also takes --json and --help, like every command."""
+    parser: ArgumentParser = actions.add_parser(name, help=summary, description=summary, add_help=False)
+    parser.add_argument("--help", "-h", action="store_true", help="show this help")
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+def add_subcommands(parser: ArgumentParser) -> Any:
+    """Add the ACTION positional that subcommands hang off; returns argparse's subparsers action."""
+    return parser.add_subparsers(dest="action", required=True, metavar="ACTION", parser_class=ArgumentParser)
+
+
 Handler = Callable[[CommandContext, argparse.Namespace], Awaitable[CommandResult]]
 
 
@@ -77,6 +91,13 @@ class Command:
     group: str = "general"
     arguments: Callable[[ArgumentParser], None] = lambda parser: None
     examples: list[str] = field(default_factory=list)
+    subcommands: tuple[str, ...] = ()
+
+    def permission_name(self, argv: list[str]) -> str:
+        """Return the name a token's `cmds` must list to run `argv`, e.g. "ssh-key list"."""
+        if len(argv) > 1 and argv[1] in self.subcommands:
+            return f"{self.name} {argv[1]}"
+        return self.name
 
     def parser(self) -> ArgumentParser:
         parser = ArgumentParser(

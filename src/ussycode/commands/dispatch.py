@@ -6,8 +6,9 @@ import json
 import logging
 import shlex
 from dataclasses import dataclass
+from typing import Any
 
-from ussycode.commands import account, vm
+from ussycode.commands import account, keys, ssh, vm
 from ussycode.commands.base import Command, CommandContext
 from ussycode.errors import (
     Conflict,
@@ -21,7 +22,9 @@ from ussycode.errors import (
 
 log = logging.getLogger(__name__)
 
-REGISTRY: dict[str, Command] = {command.name: command for command in [*vm.COMMANDS, *account.COMMANDS]}
+REGISTRY: dict[str, Command] = {
+    command.name: command for command in [*vm.COMMANDS, *ssh.COMMANDS, *account.COMMANDS, *keys.COMMANDS]
+}
 
 _ERROR_CODES: tuple[tuple[type[UssycodeError], str], ...] = (
     (InvalidInput, "invalid_input"),
@@ -59,6 +62,8 @@ class Outcome:
     stdout: str
     stderr: str
     exit_session: bool = False
+    data: Any = None
+    error: UssycodeError | None = None
 
 
 def split_line(line: str) -> list[str]:
@@ -69,6 +74,7 @@ def split_line(line: str) -> list[str]:
 
 
 def _wants_json(argv: list[str]) -> bool:
+    """Guess `--json` before parsing, for errors that happen before the parser runs."""
     return "--json" in argv
 
 
@@ -82,10 +88,11 @@ async def execute(ctx: CommandContext, argv: list[str]) -> Outcome:
         command = find_command(argv[0])
         parser = command.parser()
         args = parser.parse_args(argv[1:])
+        json_output = ctx.json_output = bool(args.json)
         if args.help:
             if json_output:
                 usage = {"name": command.name, "summary": command.summary, "usage": command.usage()}
-                return Outcome(0, json.dumps(usage, indent=2) + "\n", "")
+                return Outcome(0, json.dumps(usage, indent=2) + "\n", "", data=usage)
             return Outcome(0, command.usage() + "\n", "")
         log.info("conn=%s user=%s command=%s", ctx.conn_id, ctx.user.handle, command.name)
         result = await command.handler(ctx, args)
@@ -95,8 +102,10 @@ async def execute(ctx: CommandContext, argv: list[str]) -> Outcome:
         if json_output:
             document = {"error": {"code": error_code(exc), "message": exc.message}}
             stdout = json.dumps(document, indent=2) + "\n"
-        return Outcome(1, stdout, f"error: {exc.message}\n")
+        return Outcome(1, stdout, f"error: {exc.message}\n", error=exc)
     if json_output:
-        return Outcome(0, json.dumps(result.data, indent=2) + "\n", "", result.exit_session)
+        return Outcome(
+            result.exit_status, json.dumps(result.data, indent=2) + "\n", "", result.exit_session, result.data
+        )
     text = result.text + "\n" if result.text else ""
-    return Outcome(0, text, "", result.exit_session)
+    return Outcome(result.exit_status, text, "", result.exit_session, result.data)

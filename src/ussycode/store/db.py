@@ -128,6 +128,17 @@ class Store:
         ).fetchone()
         return User(**dict(row)) if row else None
 
+    def add_key(self, user_id: int, fingerprint: str, public_key: str, name: str = "") -> None:
+        """Register another key for a user; a fingerprint that is taken raises `Conflict`."""
+        self.execute(
+            "INSERT INTO ssh_keys (user_id, fingerprint, public_key, name, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (user_id, fingerprint, public_key, name, utc_now()),
+        )
+
+    def delete_key(self, key_id: int) -> None:
+        self.execute("DELETE FROM ssh_keys WHERE id = ?", (key_id,))
+
     def list_keys(self, user_id: int) -> list[SSHKey]:
         rows = self.execute("SELECT * FROM ssh_keys WHERE user_id = ? ORDER BY id", (user_id,))
         return [SSHKey(**dict(row)) for row in rows]

@@ -20,6 +20,7 @@ class SSHKey:
     public_key: str
     name: str
     created_at: str
+    last_used_at: str | None = None
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,11 @@ import time
 
 import pytest
 
+from tests.api.test_exec import post
 from tests.conftest import require_image
 from tests.framework import openapi
 from tests.framework.platform import Platform, wait_until
+from tests.framework.tokens import sign_usy0
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
@@ -89,6 +91,14 @@ def test_core_loop_end_to_end(platform: Platform) -> None:
     assert tty.returncode == 3
     assert "/dev/pts/" in tty.stdout
     assert "term=xterm-256color" in tty.stdout
+
+    token = sign_usy0(alice.key, {"cmds": ["ssh"]}, "v0@ussy.localhost")
+    remote, headers = post(platform, "ssh mild-owl sh -c 'echo from-api; exit 3'", token)
+    assert remote.status == 200, remote.stdout
+    assert headers["x-ussycode-exit-status"] == "3"
+    assert json.loads(remote.stdout)["stdout"] == "from-api\n"
+    via_gateway = platform.ssh(alice, "ssh mild-owl sh -c 'exit 4'")
+    assert via_gateway.status == 4
 
     duplicate = platform.ssh(alice, "new --name mild-owl")
     assert duplicate.status != 0

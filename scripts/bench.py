@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.framework.platform import Platform, SSHUser, wait_until  # noqa: E402
+from tests.framework.tokens import sign_usy0  # noqa: E402
 
 SSH_ROUNDS = 10
 
@@ -94,7 +95,10 @@ def main() -> None:
             "accel": "tcg",
         }
     }
-    with tempfile.TemporaryDirectory(prefix="ussybench-") as workdir, Platform(Path(workdir)) as platform:
+    with (
+        tempfile.TemporaryDirectory(prefix="ussybench-") as workdir,
+        Platform(Path(workdir), extra_env={"USSYCODE_API_RATE": "1000000"}) as platform,
+    ):
         user = platform.make_user("bench")
         new_times = bench_new(platform, user, args.runs)
         results["new_to_first_command_s"] = {"runs": new_times, "median": statistics.median(new_times)}
@@ -126,6 +130,16 @@ def main() -> None:
         )
         results["http_direct"] = http_load(platform, f"http://{ip}:8080/", args.seconds)
 
+        usy0 = sign_usy0(user.key, {"cmds": ["whoami"]}, f"v0@{platform.domain}")
+        usy1 = json.loads(
+            check(platform.ssh(user, ["token", "shorten", usy0, "--json"]), "token shorten").stdout
+        )["token"]
+        exec_url = f"https://{platform.domain}/exec"
+        for label, token in (("exec_whoami_usy0", usy0), ("exec_whoami_usy1", usy1)):
+            tls = ("--cacert", str(platform.root_ca), "--connect-to", "127.0.0.1")
+            post = ("--method", "POST", "--data", "whoami", "--header", f"Authorization: Bearer {token}")
+            results[label] = http_load(platform, exec_url, args.seconds, *tls, *post)
+
     out_dir = REPO / "bench-results"
     out_dir.mkdir(exist_ok=True)
     out_file = out_dir / f"core-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -142,6 +156,13 @@ def main() -> None:
         ),
         ("HTTPS via Caddy", f"{caddy['requests_per_second']} req/s, median {caddy['median_ms']} ms"),
         ("HTTP direct to the app", f"{direct['requests_per_second']} req/s, median {direct['median_ms']} ms"),
+        *[
+            (
+                f"POST /exec whoami ({kind})",
+                f"{results[key]['requests_per_second']} req/s, median {results[key]['median_ms']} ms",
+            )
+            for kind, key in (("usy0", "exec_whoami_usy0"), ("usy1", "exec_whoami_usy1"))
+        ],
     ]
     print(f"machine: {results['machine']}")
     for label, value in rows:

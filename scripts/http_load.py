@@ -35,13 +35,23 @@ class FixedResolver(AbstractResolver):
         return None
 
 
+def request(session: aiohttp.ClientSession, args: argparse.Namespace) -> Any:
+    headers = dict(header.split(": ", 1) for header in args.header)
+    data = args.data.encode() if args.data is not None else None
+    return session.request(args.method, args.url, headers=headers, data=data)
+
+
 async def worker(
-    session: aiohttp.ClientSession, url: str, deadline: float, latencies: list[float], errors: list[str]
+    session: aiohttp.ClientSession,
+    args: argparse.Namespace,
+    deadline: float,
+    latencies: list[float],
+    errors: list[str],
 ) -> None:
     while time.monotonic() < deadline and len(latencies) < MAX_REQUESTS:
         started = time.perf_counter()
         try:
-            async with session.get(url) as response:
+            async with request(session, args) as response:
                 await response.read()
                 if response.status != 200:
                     errors.append(str(response.status))
@@ -64,12 +74,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     latencies: list[float] = []
     errors: list[str] = []
     async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.get(args.url) as response:
+        async with request(session, args) as response:
             await response.read()
         started = time.monotonic()
         deadline = started + args.seconds
         await asyncio.gather(
-            *(worker(session, args.url, deadline, latencies, errors) for _ in range(args.connections))
+            *(worker(session, args, deadline, latencies, errors) for _ in range(args.connections))
         )
         elapsed = time.monotonic() - started
     return {
@@ -91,6 +101,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="duration in seconds")
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
     parser.add_argument("--cacert", help="CA certificate file for HTTPS")
+    parser.add_argument("--method", default="GET", help="HTTP method")
+    parser.add_argument("--data", help="request body")
+    parser.add_argument(
+        "--header", action="append", default=[], help='extra header "Name: value" (repeatable)'
+    )
     parser.add_argument("--connect-to", help="IP address to connect to instead of resolving the host")
     print(json.dumps(asyncio.run(run(parser.parse_args()))))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -210,3 +211,18 @@ def test_exec_rate_limited(tmp_path: Path) -> None:
         other = sign_usy0(platform.make_user("bob").key, {}, NAMESPACE)
         platform.ssh(platform.make_user("bob"), "whoami")
         assert post(platform, "whoami", other)[0].status == 200
+
+
+def test_exec_docs_recipe_token(platform: Platform) -> None:
+    alice = signup(platform, "alice")
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    recipe = docs.split("## usy0 tokens")[1].split("```sh\n")[1].split("```")[0]
+    script = recipe.replace("~/.ssh/id_ed25519", str(alice.key)) + 'printf %s "$TOKEN"\n'
+    made = subprocess.run(
+        ["bash", "-euc", script], cwd=platform.workdir, capture_output=True, text=True, check=True
+    )
+    token = made.stdout
+    assert token.startswith("usy0.")
+    result, _ = post(platform, "whoami", token)
+    assert result.status == 200, result.stdout
+    assert post(platform, "rm x --force", token)[0].status == 403

@@ -111,6 +111,11 @@ def test_core_loop_end_to_end(platform: Platform) -> None:
     assert intruder_shell.status != 0
     assert 'no VM named "mild-owl"' in intruder_shell.stderr
 
+    in_repl = platform.repl(bob, ["stop mild-owl", "new --name mild-owl", "whoami"])
+    assert 'no VM named "mild-owl"' in in_repl.stderr
+    assert 'a VM named "mild-owl" already exists' in in_repl.stderr
+    assert "handle:   bob" in in_repl.stdout
+
     start_app(platform, alice, "mild-owl")
     wait_until(lambda: fetch_app(platform, host) == (200, APP_MARKER + "\n"), 60, "the app over HTTPS")
 

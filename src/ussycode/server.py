@@ -16,39 +16,20 @@ from ussycode.commands.base import Services
 from ussycode.config import Config
 from ussycode.errors import ConfigError, RuntimeFailure
 from ussycode.metadata.server import MetadataService
-from ussycode.proxy.caddy import Caddy, VMRoute
+from ussycode.proxy.caddy import Caddy
+from ussycode.proxy.routes import CaddyRoutes
 from ussycode.ssh.gateway import Gateway
 from ussycode.ssh.keys import load_or_create_key, public_key_line
-from ussycode.store import VM, Store
+from ussycode.store import Store
 from ussycode.vm.image import find_image, list_images
 from ussycode.vm.kvm import probe_kvm
 from ussycode.vm.manager import VMManager
 from ussycode.vm.network import Network
 from ussycode.vm.qemu import QemuRuntime
-from ussycode.vm.state import VMState
 
 log = logging.getLogger(__name__)
 
 KVM_FACT = "kvm_works"
-
-
-class CaddyRoutes:
-    """Turns VM changes into Caddy routes (the manager's listener)."""
-
-    def __init__(self, config: Config, caddy: Caddy) -> None:
-        self.config = config
-        self.caddy = caddy
-
-    def route(self, vm: VM) -> VMRoute:
-        upstream = f"{vm.ip}:8080" if vm.state == VMState.RUNNING else None
-        start = f"{self.config.ssh_command()} start {vm.name}"
-        return VMRoute(name=vm.name, upstream=upstream, state=vm.state, start_command=start)
-
-    async def vm_changed(self, vm: VM) -> None:
-        await self.caddy.set_route(self.route(vm))
-
-    async def vm_removed(self, name: str) -> None:
-        await self.caddy.remove_route(name)
 
 
 def _boot_id() -> str:
@@ -123,7 +104,7 @@ async def serve(config: Config) -> None:
         api_upstream=f"{api_host or '127.0.0.1'}:{api_port}",
         ask_url=f"http://{api_host or '127.0.0.1'}:{api_port}/__ussycode/tls-ask",
     )
-    routes = CaddyRoutes(config, caddy)
+    routes = CaddyRoutes(config, caddy, store)
     manager = VMManager(
         config=config,
         store=store,

@@ -1,4 +1,5 @@
-"""HTTP server for the main domain: a landing page, health, and Caddy's on-demand TLS check."""
+"""HTTP server for the main domain: a landing page, health, Caddy's on-demand TLS check, browser
+login and the forward auth of private VM URLs."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ussycode.api.browser_login import BrowserLogin
 from ussycode.api.exec import ExecEndpoint
+from ussycode.api.forward_auth import ForwardAuth
+from ussycode.auth.audit import DeniedRequestLog
+from ussycode.auth.hosts import AUTH_PATH, parse_vm_host
 from ussycode.config import Config
 from ussycode.errors import RuntimeFailure
 from ussycode.store import Store
+from ussycode.store.audit import AuditLog
 
 OPENAPI_DOCUMENT = Path(__file__).resolve().parent / "openapi" / "exec.json"
 
@@ -24,6 +30,9 @@ class APIServer:
         self.config = config
         self.store = store
         self.exec_endpoint = exec_endpoint
+        denied = DeniedRequestLog(AuditLog(store))
+        self.forward_auth = ForwardAuth(config=config, store=store, denied=denied)
+        self.browser_login = BrowserLogin(config=config, store=store, denied=denied)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -32,6 +41,8 @@ class APIServer:
         app.router.add_get("/healthz", self.health)
         app.router.add_get("/__ussycode/tls-ask", self.tls_ask)
         app.router.add_get("/openapi.json", self.openapi)
+        app.router.add_get(AUTH_PATH, self.forward_auth.handle)
+        self.browser_login.add_routes(app)
         if self.exec_endpoint is not None:
             app.router.add_route("*", "/exec", self.exec_endpoint.handle)
         return app
@@ -78,13 +89,14 @@ class APIServer:
         return web.json_response({"ok": True})
 
     async def tls_ask(self, request: web.Request) -> web.Response:
-        """Answer Caddy's on-demand TLS question: 200 for the domain and existing VM hosts."""
+        """Answer Caddy's on-demand TLS question: 200 for the domain and existing VMs' hosts.
+
+        A VM's hosts are its own and those of its other ports (`<vm>--<port>.<domain>`).
+        """
         host = request.query.get("domain", "").lower().rstrip(".")
-        domain = self.config.domain
-        if host == domain:
+        if host == self.config.domain:
             return web.Response(text="ok")
-        if host.endswith("." + domain):
-            label = host[: -len(domain) - 1]
-            if "." not in label and self.store.find_vm(label) is not None:
-                return web.Response(text="ok")
+        target = parse_vm_host(host, self.config.domain)
+        if target is not None and ":" not in host and self.store.find_vm(target.vm_name) is not None:
+            return web.Response(text="ok")
         return web.Response(status=404, text="unknown host")

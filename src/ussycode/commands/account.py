@@ -1,11 +1,38 @@
-"""Account and session commands: whoami, help, exit."""
+"""Account and session commands: whoami, email, help, exit."""
 
 from __future__ import annotations
 
 import argparse
 
-from ussycode.commands.base import ArgumentParser, Command, CommandContext, CommandResult
+from ussycode.auth.audit import Action
+from ussycode.commands.base import (
+    ArgumentParser,
+    Command,
+    CommandContext,
+    CommandResult,
+    add_subcommand,
+    add_subcommands,
+)
 from ussycode.commands.render import table
+from ussycode.store.audit import AuditLog
+from ussycode.store.emails import Emails, UserEmail, check_email
+
+UNVERIFIED_NOTE = (
+    "unverified: verification by mail is not available on this server yet, and until an address "
+    "is verified, invitations made to it by email do not reach you"
+)
+
+
+def _email_data(address: UserEmail | None) -> dict[str, object] | None:
+    if address is None:
+        return None
+    return {"address": address.email, "verified": address.verified, "updated_at": address.updated_at}
+
+
+def _email_text(address: UserEmail | None) -> str:
+    if address is None:
+        return 'none (set one with "email set ADDRESS")'
+    return f"{address.email} ({'verified' if address.verified else 'unverified'})"
 
 
 async def whoami(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
@@ -13,21 +40,57 @@ async def whoami(ctx: CommandContext, args: argparse.Namespace) -> CommandResult
     store = ctx.services.store
     keys = store.list_keys(ctx.user.id)
     vm_count = len(store.list_vms(owner_id=ctx.user.id))
+    address = Emails(store).get(ctx.user.id)
     data = {
         "handle": ctx.user.handle,
         "user_id": ctx.user.id,
+        "email": _email_data(address),
         "created_at": ctx.user.created_at,
         "ssh_keys": [{"fingerprint": k.fingerprint, "name": k.name} for k in keys],
         "vms": vm_count,
     }
     lines = [
         f"handle:   {ctx.user.handle}",
+        f"email:    {_email_text(address)}",
         f"since:    {ctx.user.created_at}",
         f"vms:      {vm_count}",
         "ssh keys:",
         *[f"  {k.fingerprint}  {k.name}".rstrip() for k in keys],
     ]
     return CommandResult(data, "\n".join(lines))
+
+
+def _email_arguments(parser: ArgumentParser) -> None:
+    actions = add_subcommands(parser)
+    add_subcommand(actions, "show", "show your email address and whether it is verified")
+    set_parser = add_subcommand(
+        actions, "set", "store your email address (unverified until verified by mail)"
+    )
+    set_parser.add_argument("address", metavar="ADDRESS", help="an address such as ann@example.org")
+    add_subcommand(actions, "clear", "remove your email address")
+
+
+async def email(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
+    emails = Emails(ctx.services.store)
+    audit = AuditLog(ctx.services.store)
+    if args.action == "set":
+        address = emails.set(ctx.user.id, check_email(args.address))
+        audit.add(
+            actor_id=ctx.user.id, actor=ctx.user.handle, action=Action.SET_EMAIL, target=ctx.user.handle
+        )
+        return CommandResult(_email_data(address), f"email set to {address.email} ({UNVERIFIED_NOTE})")
+    if args.action == "clear":
+        removed = emails.clear(ctx.user.id)
+        if removed:
+            audit.add(
+                actor_id=ctx.user.id, actor=ctx.user.handle, action=Action.CLEAR_EMAIL, target=ctx.user.handle
+            )
+        return CommandResult(None, "email address removed" if removed else "you had no email address")
+    current = emails.get(ctx.user.id)
+    text = _email_text(current)
+    if current is not None and not current.verified:
+        text = f"{current.email} ({UNVERIFIED_NOTE})"
+    return CommandResult(_email_data(current), text)
 
 
 def _help_arguments(parser: ArgumentParser) -> None:
@@ -65,7 +128,16 @@ async def exit_command(ctx: CommandContext, args: argparse.Namespace) -> Command
 
 
 COMMANDS = [
-    Command("whoami", "Show your handle and SSH keys.", whoami, group="account", examples=["whoami"]),
+    Command("whoami", "Show your handle, email and SSH keys.", whoami, group="account", examples=["whoami"]),
+    Command(
+        "email",
+        "Show, set or clear your email address.",
+        email,
+        group="account",
+        arguments=_email_arguments,
+        subcommands=("show", "set", "clear"),
+        examples=["email show", "email set ann@example.org", "email clear"],
+    ),
     Command(
         "help",
         "List commands, or describe one.",

@@ -8,7 +8,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ussycode.commands import account, keys, ssh, vm
+from ussycode.commands import account, browser, keys, share, ssh, vm
 from ussycode.commands.base import Command, CommandContext
 from ussycode.errors import (
     Conflict,
@@ -23,7 +23,15 @@ from ussycode.errors import (
 log = logging.getLogger(__name__)
 
 REGISTRY: dict[str, Command] = {
-    command.name: command for command in [*vm.COMMANDS, *ssh.COMMANDS, *account.COMMANDS, *keys.COMMANDS]
+    command.name: command
+    for command in [
+        *vm.COMMANDS,
+        *ssh.COMMANDS,
+        *share.COMMANDS,
+        *account.COMMANDS,
+        *browser.COMMANDS,
+        *keys.COMMANDS,
+    ]
 }
 
 _ERROR_CODES: tuple[tuple[type[UssycodeError], str], ...] = (

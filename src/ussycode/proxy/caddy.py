@@ -331,7 +331,7 @@ class Caddy:
         :raise InvalidInput: the route is invalid; Caddy keeps its current config.
         :raise RuntimeFailure: Caddy is not running or rejected the route.
         """
-        body = build_vm_route(route, self._settings.domain)
+        body = build_vm_route(route, self._settings)
         async with self._lock:
             self._require_running()
             if await self._has_route(route.name):

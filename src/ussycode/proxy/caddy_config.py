@@ -4,7 +4,7 @@ Layout of the HTTPS server's routes (checked against Caddy 2.6.2):
 
     1. host <domain>      -> reverse_proxy to the platform's HTTP API
     2. host *.<domain>    -> subroute "ussycode-vms":
-                               one route per VM, by @id "ussycode-vm-<name>" (proxy or status page)
+                               one route per VM, by @id "ussycode-vm-<name>" (see below)
                                404 "No VM named ..." for a single label under the domain
                                404 for anything else
     3. anything else      -> 404
@@ -13,6 +13,19 @@ Only the two hosts of the top-level matchers get certificates from automatic HTT
 mode one wildcard certificate serves every VM, including VMs added later. Per-VM routes live
 inside the subroute, ahead of its catch-all routes, and are added, replaced and removed one at a
 time through the admin API's `/id/...` paths.
+
+A VM's route matches its own host `<name>.<domain>` and the hosts of its other ports,
+`<name>--<port>.<domain>` for ports 3000 to 9999, and runs these steps in order:
+
+    1. delete every X-Ussycode-* request header the client sent
+    2. /__ussycode/logout, /callback and /share  -> the platform's API (login on this host)
+       any other /__ussycode/ path              -> 404
+    3. forward auth: ask the API's /__ussycode/auth; a 2xx answer copies the visitor's
+       X-Ussycode-User-Id, -Handle and -Email into the request, any other answer (a redirect
+       to the login page, 401, 403) goes back to the client as it is. The VM's own host skips
+       this step when the VM is public; other ports never do.
+    4. remove the platform's cookies (`__Host-ussycode-*`) from the Cookie header
+    5. reverse_proxy to the VM's IP on the port (or a status page while it is not running)
 """
 
 from __future__ import annotations
@@ -25,6 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ussycode.auth.cookies import PLATFORM_COOKIE_PREFIX
+from ussycode.auth.hosts import (
+    AUTH_PATH,
+    CALLBACK_PATH,
+    LOGOUT_PATH,
+    PLATFORM_PATH_PREFIX,
+    SHARE_PATH,
+    parse_vm_host,
+)
 from ussycode.errors import InvalidInput
 
 TLS_MODES = ("internal", "acme")
@@ -34,6 +56,14 @@ VM_SUBROUTE_ID = "ussycode-vms"
 VM_ROUTE_ID_PREFIX = "ussycode-vm-"
 HTTPS_SERVER = "ussycode-https"
 HTTP_SERVER = "ussycode-http"
+
+# The regexp capture that holds the port of a `<name>--<port>` host.
+PORT_CAPTURE = "ussycode_port"
+PORT_PATTERN = "(3[0-9]{3}|[4-9][0-9]{3})"
+IDENTITY_HEADERS = ("X-Ussycode-User-Id", "X-Ussycode-Handle", "X-Ussycode-Email")
+# Set with the vars handler so that the error routes can tell a failed auth request from a VM
+# that does not answer.
+STAGE_VAR = "ussycode_stage"
 
 MAX_STATE_CHARS = 40
 MAX_START_COMMAND_CHARS = 300
@@ -59,9 +89,10 @@ class VMRoute:
     """How the proxy serves one VM's host, `<name>.<domain>`."""
 
     name: str  # VM name = first DNS label
-    upstream: str | None  # "10.0.0.5:8080" when running, else None (status page)
+    upstream: str | None  # "10.0.0.5:8080" (the URL's port) when running, else None (status page)
     state: str  # "running", "stopped", "starting", ... shown on the status page
     start_command: str  # e.g. 'ssh -p 2224 localhost start mild-owl', shown on the status page
+    public: bool = False  # True: the VM's own host skips forward auth; other ports never do
 
 
 @dataclass(frozen=True)
@@ -189,9 +220,9 @@ def stopped_page(route: VMRoute) -> dict[str, Any]:
     return _static_page(503, title, paragraphs)
 
 
-def _bad_gateway_page(route: VMRoute, upstream: str) -> dict[str, Any]:
+def _bad_gateway_page(route: VMRoute, port: str) -> dict[str, Any]:
+    """Return the page for a running VM whose app does not answer on `port` (text or placeholder)."""
     name = _escape(route.name)
-    port = upstream.rpartition(":")[2]
     return _static_page(
         "{http.error.status_code}",
         f'VM "{name}" did not answer',
@@ -203,24 +234,159 @@ def _bad_gateway_page(route: VMRoute, upstream: str) -> dict[str, Any]:
     )
 
 
-def build_vm_route(route: VMRoute, domain: str) -> dict[str, Any]:
+def _auth_failed_page(route: VMRoute) -> dict[str, Any]:
+    name = _escape(route.name)
+    return _static_page(
+        503,
+        "Sign-in check failed",
+        [
+            f'The platform could not check access to VM "{name}" '
+            "(error {http.error.status_code}). Try again shortly.",
+        ],
+    )
+
+
+def _set_stage(stage: str) -> dict[str, Any]:
+    return {"handler": "vars", STAGE_VAR: stage}
+
+
+def _strip_identity_headers() -> dict[str, Any]:
+    # Caddy 2.6 deletes every header whose canonical name starts with the prefix.
+    return {"handler": "headers", "request": {"delete": ["X-Ussycode-*"]}}
+
+
+def _strip_platform_cookies() -> list[dict[str, Any]]:
+    """Return handlers that remove `__Host-ussycode-*` cookies and then an empty Cookie header."""
+    prefix = re.escape(PLATFORM_COOKIE_PREFIX)
+    replace = {
+        "Cookie": [
+            {"search_regexp": rf"(^|;\s*){prefix}[^=;]*=[^;]*", "replace": ""},
+            {"search_regexp": r"^;\s*", "replace": ""},
+        ]
+    }
+    delete_empty = {
+        "handler": "subroute",
+        "routes": [
+            {
+                "match": [{"header": {"Cookie": [""]}}],
+                "handle": [{"handler": "headers", "request": {"delete": ["Cookie"]}}],
+            }
+        ],
+    }
+    return [{"handler": "headers", "request": {"replace": replace}}, delete_empty]
+
+
+def _forward_auth(api_upstream: str) -> dict[str, Any]:
+    """Return the handler that asks the API whether the request may pass.
+
+    On a 2xx answer each identity header is copied only when the answer has it non-empty: the
+    API always sends the three, empty for an unknown visitor, because Caddy 2.6 leaves the
+    placeholder of a missing header as literal text.
+    """
+    copies = []
+    for name in IDENTITY_HEADERS:
+        placeholder = f"{{http.reverse_proxy.header.{name}}}"
+        copies.append(
+            {
+                "match": [{"not": [{"vars": {placeholder: [""]}}]}],
+                "handle": [{"handler": "headers", "request": {"set": {name: [placeholder]}}}],
+            }
+        )
+    return {
+        "handler": "reverse_proxy",
+        "upstreams": [{"dial": api_upstream}],
+        "rewrite": {"method": "GET", "uri": AUTH_PATH},
+        "headers": {
+            "request": {
+                "set": {
+                    "X-Forwarded-Method": ["{http.request.method}"],
+                    "X-Forwarded-Uri": ["{http.request.uri}"],
+                }
+            }
+        },
+        "handle_response": [{"match": {"status_code": [2]}, "routes": copies}],
+    }
+
+
+def _app(route: VMRoute, dial: str | None, port: str) -> dict[str, Any]:
+    """Return the handler that proxies to the VM's app at `dial`, or the status page."""
+    if dial is None:
+        return stopped_page(route)
+    return {
+        "handler": "subroute",
+        "routes": [{"handle": [_set_stage("app"), _reverse_proxy(dial)]}],
+        "errors": {"routes": [{"handle": [_bad_gateway_page(route, port)]}]},
+    }
+
+
+def port_host_pattern(name: str, domain: str) -> str:
+    """Return the Host regexp of VM `name`'s other ports; group 1 is the port."""
+    return rf"(?i)^{re.escape(name)}--{PORT_PATTERN}\.{re.escape(domain)}(:[0-9]+)?$"
+
+
+def build_vm_route(route: VMRoute, settings: ProxySettings) -> dict[str, Any]:
     """Return the route object for `route`, with its `@id`.
 
     :raise InvalidInput: `route` fails `check_route`.
     """
     check_route(route)
-    if route.upstream is None:
-        handler = stopped_page(route)
-    else:
-        handler = {
-            "handler": "subroute",
-            "routes": [{"handle": [_reverse_proxy(route.upstream)]}],
-            "errors": {"routes": [{"handle": [_bad_gateway_page(route, route.upstream)]}]},
-        }
+    domain = settings.domain
+    port_pattern = port_host_pattern(route.name, domain)
+    address = port = None
+    if route.upstream is not None:
+        address, _, port = route.upstream.rpartition(":")
+    port_placeholder = f"{{http.regexp.{PORT_CAPTURE}.1}}"
+
+    primary_steps = [] if route.public else [_set_stage("auth"), _forward_auth(settings.api_upstream)]
+    primary_dial = route.upstream
+    port_dial = None if address is None else f"{address}:{port_placeholder}"
+    platform_paths = [LOGOUT_PATH, CALLBACK_PATH, SHARE_PATH]
+    routes = [
+        {"handle": [_strip_identity_headers()]},
+        {
+            "match": [{"path": platform_paths}],
+            "handle": [_reverse_proxy(settings.api_upstream)],
+            "terminal": True,
+        },
+        {
+            "match": [{"path": [PLATFORM_PATH_PREFIX + "*"]}],
+            "handle": [_static_page(404, "Not found", ["No platform page at this address."])],
+            "terminal": True,
+        },
+        {
+            "match": [{"header_regexp": {"Host": {"name": PORT_CAPTURE, "pattern": port_pattern}}}],
+            "handle": [
+                _set_stage("auth"),
+                _forward_auth(settings.api_upstream),
+                *_strip_platform_cookies(),
+                _app(route, port_dial, port_placeholder),
+            ],
+            "terminal": True,
+        },
+        {"handle": [*primary_steps, *_strip_platform_cookies(), _app(route, primary_dial, port or "")]},
+    ]
+
+    # A VM whose name reads as `<name>--<port>` gets no host of its own: that host belongs to
+    # port <port> of the VM <name>, as the auth endpoint reads it too.
+    host = f"{route.name}.{domain}"
+    matchers: list[dict[str, Any]] = [{"header_regexp": {"Host": {"pattern": port_pattern}}}]
+    target = parse_vm_host(host, domain)
+    if target is not None and target.port is None:
+        matchers.insert(0, {"host": [host]})
     return {
         "@id": route_id(route.name),
-        "match": [{"host": [f"{route.name}.{domain}"]}],
-        "handle": [handler],
+        "match": matchers,
+        "handle": [
+            {
+                "handler": "subroute",
+                "routes": routes,
+                "errors": {
+                    "routes": [
+                        {"match": [{"vars": {STAGE_VAR: ["auth"]}}], "handle": [_auth_failed_page(route)]},
+                    ]
+                },
+            }
+        ],
         "terminal": True,
     }
 
@@ -334,7 +500,7 @@ def build_config(settings: ProxySettings, routes: Sequence[VMRoute]) -> dict[str
         if route.name in seen:
             raise InvalidInput(f'duplicate route for VM "{route.name}": pass one route per VM')
         seen.add(route.name)
-    vm_routes = [build_vm_route(route, settings.domain) for route in routes]
+    vm_routes = [build_vm_route(route, settings) for route in routes]
 
     return {
         # Every load carries the admin block: in Caddy 2.6.2 a load without it moves the admin

@@ -1,8 +1,8 @@
 """The SSH gateway on port 2224: public-key login, sign-up on first use, lobby or VM proxy.
 
 `ssh -p 2224 host` opens the lobby (REPL or one command). `ssh -p 2224 VM@host` opens a session
-inside the VM if the key's user owns it. An unknown key registers a new user on its first
-lobby connection; the SSH key is the identity.
+inside the VM if the key's user owns it or was let in with `share access allow`. An unknown key
+registers a new user on its first lobby connection; the SSH key is the identity.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import secrets
 
 import asyncssh
 
+from ussycode.auth.access import vm_for_ssh
 from ussycode.commands.base import Services
 from ussycode.errors import Conflict, InvalidInput, RuntimeFailure, UssycodeError
 from ussycode.names import ADJECTIVES, NOUNS, check_handle
@@ -95,7 +96,7 @@ class GatewayConnection(asyncssh.SSHServer):
     async def _connect_vm(self) -> asyncssh.SSHClientConnection:
         manager = self.services.manager
         assert self.user is not None
-        vm = manager.get_owned(self.user, self.username)
+        vm = vm_for_ssh(self.services.store, self.user, self.username)
         if vm.state != VMState.RUNNING:
             command = self.services.config.ssh_command()
             hint = (

@@ -1,0 +1,1 @@
+"""Browser logins, sessions, share links and the access decision for VM URLs."""

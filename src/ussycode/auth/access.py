@@ -1,0 +1,167 @@
+"""Who may open a VM's URL or log in to it over SSH: the one place that decides.
+
+`decide` is what Caddy's forward auth asks for each request to a private VM host. It reads the
+request's host, headers and cookies and returns a `Decision`: allow (with the visitor's identity,
+if known), redirect a browser to the login page, or deny with a status code.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote
+
+from ussycode.auth.cookies import SESSION_COOKIE
+from ussycode.auth.hosts import (
+    LOGIN_PATH,
+    check_return_url,
+    origin,
+    parse_vm_host,
+    platform_url,
+    strip_port,
+)
+from ussycode.auth.random_tokens import hash_token, looks_like_token
+from ussycode.config import Config
+from ussycode.errors import InvalidInput, NotFound
+from ussycode.store import VM, Store, User
+from ussycode.store.emails import Emails
+from ussycode.store.sessions import Session, Sessions
+from ussycode.store.sharing import Sharing
+
+
+class Verdict(enum.StrEnum):
+    ALLOW = "allow"
+    REDIRECT = "redirect"
+    DENY = "deny"
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A logged-in visitor, as the VM's app sees them in the X-Ussycode-* headers.
+
+    `email` is the user's verified address, or None while they have none.
+    """
+
+    user_id: int
+    handle: str
+    email: str | None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of `decide` for one request.
+
+    `status` is the HTTP status for the response: 200 to allow, 302 with `location` to send a
+    browser to the login page, 401 without credentials, 403 when the visitor is known but has
+    no access, 404 for a host that is no VM. `reason` is a short phrase for logs and the audit
+    log, and never contains a secret.
+    """
+
+    verdict: Verdict
+    status: int
+    reason: str
+    vm_name: str | None = None
+    identity: Identity | None = None
+    location: str | None = None
+    link_id: int | None = None
+
+
+def identity_of(store: Store, user: User) -> Identity:
+    address = Emails(store).get(user.id)
+    return Identity(user.id, user.handle, address.email if address and address.verified else None)
+
+
+def can_open(store: Store, vm: VM, user_id: int) -> bool:
+    """Return whether the user owns the VM or it is shared with them."""
+    return vm.owner_id == user_id or Sharing(store).can_open(vm.id, user_id)
+
+
+def session_from_cookies(
+    store: Store, host: str, cookies: Mapping[str, Sequence[str]], now: int
+) -> Session | None:
+    """Return the live session that a platform cookie names for `host`, if any."""
+    sessions = Sessions(store)
+    for value in cookies.get(SESSION_COOKIE, ()):
+        if looks_like_token(value):
+            session = sessions.find(hash_token(value), strip_port(host), now)
+            if session is not None:
+                return session
+    return None
+
+
+def _wants_html(headers: Mapping[str, str]) -> bool:
+    method = headers.get("x-forwarded-method", "GET").upper()
+    return method in ("GET", "HEAD") and "text/html" in headers.get("accept", "")
+
+
+def login_redirect(config: Config, host: str, uri: str) -> str:
+    """Return the login page's URL with the URL to come back to as `next`."""
+    host_name = strip_port(host)
+    try:
+        return_url = check_return_url(config, origin(config, host_name) + (uri or "/"))
+    except InvalidInput:
+        return_url = origin(config, host_name) + "/"
+    return platform_url(config, f"{LOGIN_PATH}?next={quote(return_url, safe='')}")
+
+
+def decide(
+    store: Store,
+    config: Config,
+    host: str,
+    headers: Mapping[str, str],
+    cookies: Mapping[str, Sequence[str]],
+    *,
+    now: float | None = None,
+) -> Decision:
+    """Decide whether the request may reach the VM that `host` names.
+
+    `headers` are the request's headers (any letter case); `X-Forwarded-Uri` and
+    `X-Forwarded-Method` describe the original request when Caddy's forward auth asks.
+    `cookies` maps cookie names to their values, as `parse_cookie_header` returns them.
+    """
+    headers = {name.lower(): value for name, value in headers.items()}
+    clock = int(time.time() if now is None else now)
+    target = parse_vm_host(host, config.domain)
+    vm = store.find_vm(target.vm_name) if target is not None else None
+    if target is None or vm is None:
+        return Decision(Verdict.DENY, 404, "no VM at this host")
+
+    if target.port is None and Sharing(store).settings(vm.id).public:
+        return Decision(Verdict.ALLOW, 200, "public", vm.name)
+
+    # TODO: VM-scoped API tokens (Authorization: Bearer usy0...) are to be checked here,
+    # before the cookie, once they exist.
+    session = session_from_cookies(store, host, cookies, clock)
+    identity: Identity | None = None
+    if session is not None and session.user_id is not None:
+        user = store.get_user(session.user_id)
+        identity = identity_of(store, user)
+        if can_open(store, vm, user.id):
+            role = "owner" if vm.owner_id == user.id else "shared"
+            return Decision(Verdict.ALLOW, 200, role, vm.name, identity)
+    if session is not None and session.link_id is not None:
+        link = Sharing(store).find_link_by_id(session.link_id)
+        if link is not None and link.vm_id == vm.id:
+            return Decision(Verdict.ALLOW, 200, "share link", vm.name, identity, link_id=link.id)
+
+    if identity is not None:
+        return Decision(Verdict.DENY, 403, f"not shared with {identity.handle}", vm.name, identity)
+    if _wants_html(headers):
+        location = login_redirect(config, host, headers.get("x-forwarded-uri", "/"))
+        return Decision(Verdict.REDIRECT, 302, "login required", vm.name, location=location)
+    return Decision(Verdict.DENY, 401, "login required", vm.name)
+
+
+def vm_for_ssh(store: Store, user: User, vm_name: str) -> VM:
+    """Return the VM `vm_name` if the user may `ssh VM@host` into it.
+
+    The owner may, and so may a person it is shared with after `share access allow`.
+    :raise NotFound: the VM does not exist or the user may not log in; both read the same,
+        so that nobody learns the names of VMs they have no access to.
+    """
+    vm = store.find_vm(vm_name)
+    if vm is not None and (vm.owner_id == user.id or Sharing(store).can_ssh(vm.id, user.id)):
+        return vm
+    raise NotFound(f'no VM named "{vm_name}": run "ls" to see your VMs')

@@ -204,6 +204,19 @@ SETTINGS: tuple[Setting, ...] = (
         "default disk size per VM (size, e.g. 10G)",
         lambda t: parse_size(t, default_unit="G"),
     ),
+    Setting("max_vm_cpus", "8", "most vCPUs a user may give one VM (new, resize)", _check_positive_int),
+    Setting(
+        "max_vm_memory",
+        "16G",
+        "most memory a user may give one VM (size, e.g. 16G)",
+        lambda t: parse_size(t, default_unit="M"),
+    ),
+    Setting(
+        "max_vm_disk",
+        "200G",
+        "largest disk a user may give one VM (size, e.g. 200G)",
+        lambda t: parse_size(t, default_unit="G"),
+    ),
     Setting("vm_dns", "1.1.1.1,9.9.9.9", "comma-separated DNS servers given to VMs", _check_dns),
     Setting(
         "boot_timeout",
@@ -259,6 +272,9 @@ class Config:
     vm_cpus: int
     vm_memory: int
     vm_disk: int
+    max_vm_cpus: int
+    max_vm_memory: int
+    max_vm_disk: int
     vm_dns: tuple[str, ...]
     boot_timeout: float
     api_rate: float

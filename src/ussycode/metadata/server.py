@@ -4,7 +4,8 @@ VMs reach it at http://169.254.169.254/ through an nftables DNAT rule to `--meta
 request from an address that belongs to no VM gets 403. Endpoints (see docs/openapi/metadata.yaml):
 
 - EC2-style text: /latest/meta-data/{hostname,instance-id,local-ipv4,public-keys/,public-keys/0/openssh-key}
-- JSON: GET /v1/vm, and POST /v1/host-keys where the guest reports its sshd host keys.
+- JSON: GET /v1/vm; POST /v1/host-keys where the guest reports its sshd host keys, and POST
+  /v1/setup-log where it reports the state and output of the first-boot setup script.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 MAX_HOST_KEYS = 8
 MAX_BODY_BYTES = 64 * 1024
+SETUP_STATUSES = ("running", "succeeded", "failed")
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -43,6 +45,7 @@ class MetadataService:
         app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_get("/v1/vm", self.vm_document)
         app.router.add_post("/v1/host-keys", self.host_keys)
+        app.router.add_post("/v1/setup-log", self.setup_log)
         app.router.add_get("/latest/meta-data/", self.ec2_index)
         app.router.add_get("/latest/meta-data/hostname", self.ec2_hostname)
         app.router.add_get("/latest/meta-data/instance-id", self.ec2_instance_id)
@@ -83,7 +86,9 @@ class MetadataService:
         return [*keys, self.gateway_public_key]
 
     def environment(self, vm: VM) -> dict[str, str]:
+        """Return the VM's `new --env` variables and the platform's, which take precedence."""
         return {
+            **self.manager.details.get(vm.id).env,
             "USSYCODE_VM_NAME": vm.name,
             "USSYCODE_PUBLIC_DOMAIN": self.config.domain,
             "USSYCODE_PUBLIC_URL": self.config.vm_https_url(vm.name).rstrip("/"),
@@ -91,7 +96,7 @@ class MetadataService:
 
     def document(self, vm: VM) -> dict[str, Any]:
         owner = self.store.get_user(vm.owner_id)
-        return {
+        document = {
             "name": vm.name,
             "hostname": vm.name,
             "instance_id": self.instance_id(vm),
@@ -100,6 +105,10 @@ class MetadataService:
             "ssh_keys": self.ssh_keys(vm),
             "env": self.environment(vm),
         }
+        setup_script = self.manager.details.get(vm.id).setup_script
+        if setup_script is not None:
+            document["setup_script"] = setup_script
+        return document
 
     # Handlers.
 
@@ -136,6 +145,36 @@ class MetadataService:
             checked.append(key.export_public_key("openssh").decode().strip())
         self.manager.record_host_keys(vm, checked)
         return web.json_response({"accepted": len(checked)})
+
+    async def setup_log(self, request: web.Request) -> web.Response:
+        """Store the state and output of the VM's setup script, for `vm-logs`."""
+        vm = self._vm_for(request)
+        if vm is None:
+            return self._unknown(request)
+        usage = '{"status": "running|succeeded|failed", "exit_status": 0, "output": "..."}'
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return error_response(400, "invalid_input", f"body must be JSON: {usage}")
+        if not isinstance(body, dict):
+            return error_response(400, "invalid_input", f"body must be a JSON object: {usage}")
+        status = body.get("status")
+        exit_status = body.get("exit_status")
+        output = body.get("output", "")
+        if status not in SETUP_STATUSES:
+            return error_response(
+                400, "invalid_input", f'"status" must be one of {", ".join(SETUP_STATUSES)}'
+            )
+        if exit_status is not None and (not isinstance(exit_status, int) or isinstance(exit_status, bool)):
+            return error_response(400, "invalid_input", '"exit_status" must be an integer or null')
+        if not isinstance(output, str):
+            return error_response(400, "invalid_input", '"output" must be a string')
+        path = self.manager.setup_log_path(vm)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(output)
+        self.manager.details.set_setup_status(vm.id, status, exit_status)
+        log.info("vm=%s setup script %s exit_status=%s", vm.name, status, exit_status)
+        return web.json_response({"accepted": True})
 
     def _unknown(self, request: web.Request) -> web.Response:
         log.warning("metadata request from unknown address %s for %s", request.remote, request.path)

@@ -14,20 +14,23 @@ import logging
 import shutil
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import asyncssh
 
-from ussycode.config import Config
-from ussycode.errors import Conflict, NotFound, RuntimeFailure, UssycodeError
+from ussycode.config import Config, format_size
+from ussycode.errors import Conflict, InvalidInput, NotFound, RuntimeFailure, UssycodeError
 from ussycode.names import check_vm_name, generate_name
 from ussycode.store import VM, Store, User
-from ussycode.vm import disks
+from ussycode.store.vm_details import VMDetailsStore
+from ussycode.vm import disks, snapshots
 from ussycode.vm.image import ImageManifest, find_image
 from ussycode.vm.network import Network
 from ussycode.vm.runtime import VMRuntime, VMSpec
 from ussycode.vm.state import VMState, check_transition
+from ussycode.vm.stats import StatsSampler
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,9 @@ Progress = Callable[[str], None]
 READY_POLL_SECONDS = 1.0
 SUPERVISE_INTERVAL_SECONDS = 2.0
 GUEST_USER = "ussycode"
+GUEST_COMMAND_TIMEOUT = 30.0
+
+T = TypeVar("T")
 
 
 def _no_progress(message: str) -> None:
@@ -50,8 +56,31 @@ class VMListener(Protocol):
     async def vm_removed(self, name: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class NewVMOptions:
+    """Settings of a new VM; None means the server's default."""
+
+    cpus: int | None = None
+    memory_mb: int | None = None
+    disk_bytes: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    setup_script: str | None = None
+    tags: tuple[str, ...] = ()
+    comment: str = ""
+
+
+@dataclass(frozen=True)
+class ResizeResult:
+    """The VM after `resize`, what waits for its next start, and what happened to its disk."""
+
+    vm: VM
+    pending: dict[str, int]
+    filesystem_grown: bool | None
+
+
 class VMManager:
-    """Creates, starts, stops and removes VMs, and finds running ones again after a restart."""
+    """Creates, starts, stops, copies, resizes and removes VMs, and finds running ones again
+    after a restart."""
 
     def __init__(
         self,
@@ -73,6 +102,10 @@ class VMManager:
         self._create_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._host_key_events: dict[int, asyncio.Event] = {}
+        # Held while `cp` makes a disk layer and while unused layers are deleted.
+        self._layers_lock = asyncio.Lock()
+        self.details = VMDetailsStore(store)
+        self.stats = StatsSampler(self)
 
     # Paths and specs.
 
@@ -81,6 +114,14 @@ class VMManager:
 
     def disk_path(self, vm: VM) -> Path:
         return self.vm_dir(vm) / "disk.qcow2"
+
+    def setup_log_path(self, vm: VM) -> Path:
+        """Output of the VM's first-boot setup script, as the guest reported it."""
+        return self.vm_dir(vm) / "setup.log"
+
+    @property
+    def layers_dir(self) -> Path:
+        return self.config.data_dir / "layers"
 
     def spec(self, vm: VM) -> VMSpec:
         image = _manifest_at(Path(vm.image_path))
@@ -132,11 +173,23 @@ class VMManager:
         *,
         name: str | None = None,
         image: str | None = None,
+        options: NewVMOptions | None = None,
         progress: Progress = _no_progress,
     ) -> VM:
-        """Create a VM and boot it until its sshd accepts a login; on failure nothing of it remains."""
+        """Create a VM and boot it until its sshd accepts a login; on failure nothing of it remains.
+
+        :raise InvalidInput: the disk is smaller than the image's root filesystem.
+        """
+        options = options or NewVMOptions()
         image_name = image or self.config.image
         manifest = self.resolve_image(image_name)
+        disk_bytes = options.disk_bytes or max(self.config.vm_disk, manifest.rootfs_size_bytes)
+        if disk_bytes < manifest.rootfs_size_bytes:
+            minimum = format_size(manifest.rootfs_size_bytes)
+            raise InvalidInput(
+                f"--disk {format_size(disk_bytes)} is smaller than the image {image_name} ({minimum}):"
+                f" choose at least {minimum}"
+            )
         async with self._create_lock:
             if name is None:
                 name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
@@ -150,25 +203,37 @@ class VMManager:
                 state=VMState.STARTING,
                 image=image_name,
                 image_path=str(manifest.directory),
-                cpus=self.config.vm_cpus,
-                memory_mb=self.config.vm_memory // (1024 * 1024),
-                disk_bytes=self.config.vm_disk,
+                cpus=options.cpus or self.config.vm_cpus,
+                memory_mb=options.memory_mb or self.config.vm_memory // (1024 * 1024),
+                disk_bytes=disk_bytes,
                 ip=ip,
                 mac=Network.mac_for_ip(ip),
+            )
+            self.details.create(
+                vm.id,
+                comment=options.comment,
+                tags=options.tags,
+                env=options.env,
+                setup_script=options.setup_script,
             )
         self.store.add_event(vm.id, vm.name, owner.id, "created", f"image={image_name} ip={ip}")
         log.info("vm=%s user=%s created ip=%s image=%s", vm.name, owner.handle, ip, image_name)
         async with self._lock(vm):
             try:
-                progress(f"creating disk ({self.config.vm_disk // 1024**3} GiB, copy-on-write)")
+                progress(f"creating disk ({format_size(vm.disk_bytes)}, copy-on-write)")
                 self.vm_dir(vm).mkdir(parents=True, exist_ok=True)
                 await disks.create_disk(manifest.rootfs, self.disk_path(vm), vm.disk_bytes)
                 return await self._boot(vm, progress)
             except BaseException as exc:
-                log.warning("vm=%s create failed, removing it: %s", vm.name, exc)
-                await self._destroy(vm)
-                self.store.add_event(None, vm.name, owner.id, "create_failed", str(exc)[:500])
+                await self._discard_new(vm, owner, exc)
                 raise
+
+    async def _discard_new(self, vm: VM, owner: User, exc: BaseException) -> None:
+        """Remove a VM whose creation or copy failed or was cancelled."""
+        reason = "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc)
+        log.warning("vm=%s create failed, removing it: %s", vm.name, reason)
+        await self._destroy(vm)
+        self.store.add_event(None, vm.name, owner.id, "create_failed", reason[:500])
 
     async def start(self, vm: VM, progress: Progress = _no_progress) -> VM:
         async with self._lock(vm):
@@ -178,8 +243,8 @@ class VMManager:
             check_transition(vm.name, vm.state, VMState.STARTING)
             try:
                 return await self._boot(vm, progress)
-            except UssycodeError:
-                await self._halt(vm)
+            except (UssycodeError, asyncio.CancelledError):
+                await self._halt(self.store.get_vm(vm.id))
                 raise
 
     async def stop(self, vm: VM, progress: Progress = _no_progress) -> VM:
@@ -200,8 +265,8 @@ class VMManager:
                 vm = await self._halt(vm)
             try:
                 return await self._boot(vm, progress)
-            except UssycodeError:
-                await self._halt(vm)
+            except (UssycodeError, asyncio.CancelledError):
+                await self._halt(self.store.get_vm(vm.id))
                 raise
 
     async def remove(self, vm: VM) -> None:
@@ -212,6 +277,202 @@ class VMManager:
             self.store.add_event(None, vm.name, vm.owner_id, "removed")
             log.info("vm=%s removed", vm.name)
         self._locks.pop(vm.id, None)
+        await self.remove_unused_layers()
+
+    async def remove_unused_layers(self) -> None:
+        """Delete the disk layers of `cp` that no VM's disk refers to any more."""
+        async with self._layers_lock:
+            disk_paths = [self.disk_path(vm) for vm in self.store.list_vms()]
+            snapshots.remove_unused_layers(self.layers_dir, disk_paths)
+
+    # Changes to an existing VM.
+
+    async def copy(
+        self,
+        owner: User,
+        source: VM,
+        *,
+        name: str | None = None,
+        disk_bytes: int | None = None,
+        copy_tags: bool = True,
+        progress: Progress = _no_progress,
+    ) -> VM:
+        """Create a VM whose disk is a copy-on-write copy of `source`'s, and boot it.
+
+        The copy gets its own name, address, MAC address and instance id, from which the guest
+        makes new sshd host keys. `source` may be running: its disk is snapshotted live, after a
+        `sync` in the guest. On failure or cancellation nothing of the copy remains.
+
+        :raise Conflict: `source` is starting or stopping, or the name is taken.
+        :raise InvalidInput: `disk_bytes` is smaller than the disk of `source`.
+        """
+        if disk_bytes is not None and disk_bytes < source.disk_bytes:
+            raise InvalidInput(
+                f'--disk {format_size(disk_bytes)} is smaller than the disk of vm "{source.name}"'
+                f" ({format_size(source.disk_bytes)}): a copy's disk is at least as large"
+            )
+        source_details = self.details.get(source.id)
+        async with self._create_lock:
+            if name is None:
+                name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
+            check_vm_name(name)
+            if self.store.find_vm(name) is not None:
+                raise Conflict(f'a VM named "{name}" already exists: choose another name')
+            ip = self.network.allocate_ip(self.store.used_ips())
+            vm = self.store.create_vm(
+                name=name,
+                owner_id=owner.id,
+                state=VMState.STARTING,
+                image=source.image,
+                image_path=source.image_path,
+                cpus=source.cpus,
+                memory_mb=source.memory_mb,
+                disk_bytes=disk_bytes or source.disk_bytes,
+                ip=ip,
+                mac=Network.mac_for_ip(ip),
+            )
+            self.details.create(
+                vm.id,
+                comment=source_details.comment,
+                tags=source_details.tags if copy_tags else (),
+                env=source_details.env,
+                setup_script=source_details.setup_script,
+                copied_from=source.name,
+            )
+        self.store.add_event(vm.id, vm.name, owner.id, "created", f"copy of {source.name} ip={ip}")
+        log.info("vm=%s user=%s copying vm=%s ip=%s", vm.name, owner.handle, source.name, ip)
+        async with self._lock(vm):
+            try:
+                self.vm_dir(vm).mkdir(parents=True, exist_ok=True)
+                await self._copy_disk(source, vm, progress)
+                return await self._boot(vm, progress)
+            except BaseException as exc:
+                await self._discard_new(vm, owner, exc)
+                raise
+
+    async def _copy_disk(self, source: VM, copy: VM, progress: Progress) -> None:
+        async with self._lock(source):
+            source = self.store.get_vm(source.id)
+            if source.state in (VMState.STARTING, VMState.STOPPING):
+                raise Conflict(f'vm "{source.name}" is {source.state}: wait until it is running or stopped')
+            spec = self.spec(source)
+            if self.runtime.pid(spec) is not None:
+                progress(f'flushing the file systems of "{source.name}"')
+                await self._guest_run(source, "sync", check=False)
+            progress(f'snapshotting the disk of "{source.name}" (copy-on-write)')
+            async with self._layers_lock:
+                layer = await _uncancellable(snapshots.freeze_disk(self.runtime, spec, self.layers_dir))
+                await disks.create_overlay(layer, self.disk_path(copy), copy.disk_bytes)
+
+    async def rename(self, vm: VM, new_name: str) -> VM:
+        """Rename a VM: its URL follows at once; the guest's hostname too if it runs.
+
+        :raise InvalidInput: `new_name` is not a valid VM name or is the current name.
+        :raise Conflict: `new_name` is taken, or the VM is starting or stopping.
+        """
+        check_vm_name(new_name)
+        async with self._create_lock, self._lock(vm):
+            vm = self.store.get_vm(vm.id)
+            if new_name == vm.name:
+                raise InvalidInput(f'vm "{vm.name}" already has that name')
+            if self.store.find_vm(new_name) is not None:
+                raise Conflict(f'a VM named "{new_name}" already exists: choose another name')
+            if vm.state in (VMState.STARTING, VMState.STOPPING):
+                raise Conflict(f'vm "{vm.name}" is {vm.state}: wait until it is running or stopped')
+            renamed = self.details.rename(vm, new_name)
+            self.store.add_event(vm.id, new_name, vm.owner_id, "renamed", f"from {vm.name}")
+            log.info("vm=%s renamed to %s", vm.name, new_name)
+            try:
+                await self.listener.vm_removed(vm.name)
+                await self.listener.vm_changed(renamed)
+            except UssycodeError as exc:
+                log.error("vm=%s route update after rename failed: %s", new_name, exc)
+            if renamed.state == VMState.RUNNING:
+                await self._guest_run(renamed, _set_hostname_command(new_name), check=False)
+        return renamed
+
+    async def resize(
+        self,
+        vm: VM,
+        *,
+        cpus: int | None = None,
+        memory_mb: int | None = None,
+        disk_bytes: int | None = None,
+        progress: Progress = _no_progress,
+    ) -> ResizeResult:
+        """Change a VM's vCPUs, memory or disk size.
+
+        A stopped VM gets every change at its next start. A running VM's disk grows at once, and
+        so does its root filesystem; its CPU and memory changes wait for its next start.
+
+        :raise InvalidInput: `disk_bytes` is smaller than the disk, or nothing would change.
+        :raise Conflict: the VM is starting or stopping.
+        """
+        async with self._lock(vm):
+            vm = self.store.get_vm(vm.id)
+            if disk_bytes is not None and disk_bytes < vm.disk_bytes:
+                raise InvalidInput(
+                    f'cannot shrink the disk of vm "{vm.name}" from {format_size(vm.disk_bytes)}'
+                    f" to {format_size(disk_bytes)}: disks only grow"
+                )
+            if vm.state in (VMState.STARTING, VMState.STOPPING):
+                raise Conflict(f'vm "{vm.name}" is {vm.state}: wait until it is running or stopped')
+            details = self.details.get(vm.id)
+            current_cpus = details.pending_cpus or vm.cpus
+            current_memory = details.pending_memory_mb or vm.memory_mb
+            new_cpus = cpus if cpus is not None else current_cpus
+            new_memory = memory_mb if memory_mb is not None else current_memory
+            new_disk = disk_bytes if disk_bytes is not None else vm.disk_bytes
+            if (new_cpus, new_memory, new_disk) == (current_cpus, current_memory, vm.disk_bytes):
+                raise InvalidInput(f'vm "{vm.name}" already has these resources: nothing to change')
+
+            spec = self.spec(vm)
+            running = self.runtime.pid(spec) is not None
+            filesystem_grown: bool | None = None
+            if new_disk != vm.disk_bytes:
+                progress(f"growing the disk from {format_size(vm.disk_bytes)} to {format_size(new_disk)}")
+                if running:
+                    await self.runtime.grow_disk(spec, new_disk)
+                    progress("growing the root filesystem")
+                    filesystem_grown = await self._guest_run(vm, "sudo -n resize2fs /dev/vda", check=False)
+                else:
+                    await disks.grow_disk(self.disk_path(vm), new_disk)
+
+            pending: dict[str, int] = {}
+            if running:
+                if new_cpus != vm.cpus:
+                    pending["cpus"] = new_cpus
+                if new_memory != vm.memory_mb:
+                    pending["memory_mb"] = new_memory
+                vm = self.details.set_resources(vm, cpus=vm.cpus, memory_mb=vm.memory_mb, disk_bytes=new_disk)
+                self.details.set_pending(vm.id, cpus=pending.get("cpus"), memory_mb=pending.get("memory_mb"))
+            else:
+                vm = self.details.set_resources(vm, cpus=new_cpus, memory_mb=new_memory, disk_bytes=new_disk)
+            detail = f"cpus={new_cpus} memory={new_memory}M disk={format_size(new_disk)}"
+            self.store.add_event(vm.id, vm.name, vm.owner_id, "resized", detail)
+            log.info("vm=%s resized: %s pending=%s", vm.name, detail, pending)
+            return ResizeResult(vm, pending, filesystem_grown)
+
+    async def _guest_run(self, vm: VM, command: str, *, check: bool = True) -> bool:
+        """Run `command` in the guest as the guest user and return whether it exited with 0.
+
+        :raise RuntimeFailure: with `check`, the guest is unreachable or the command failed.
+        """
+        try:
+            conn = await self.connect_guest(vm, timeout=10.0)
+            async with conn:
+                result = await asyncio.wait_for(conn.run(command, check=False), GUEST_COMMAND_TIMEOUT)
+        except (RuntimeFailure, OSError, asyncssh.Error, TimeoutError) as exc:
+            log.info("vm=%s guest command %r failed: %s", vm.name, command, exc)
+            if check:
+                raise RuntimeFailure(f'running "{command}" in vm "{vm.name}" failed: {exc}') from exc
+            return False
+        if result.exit_status != 0:
+            log.info("vm=%s guest command %r exited with %s", vm.name, command, result.exit_status)
+            if check:
+                raise RuntimeFailure(f'"{command}" in vm "{vm.name}" exited with {result.exit_status}')
+            return False
+        return True
 
     # Steps.
 
@@ -229,6 +490,9 @@ class VMManager:
         if vm.state != VMState.STARTING:
             vm = await self._set_state(vm, VMState.STARTING)
         spec = self.spec(vm)
+        if self.runtime.pid(spec) is None:
+            vm = self._apply_pending(vm)
+            spec = self.spec(vm)
         progress("attaching network")
         await self.network.create_tap(spec.tap, vm.ip, vm.mac)
         if self.runtime.pid(spec) is None:
@@ -242,20 +506,42 @@ class VMManager:
         progress(f"running after {elapsed:.1f} s")
         return vm
 
+    def _apply_pending(self, vm: VM) -> VM:
+        """Move CPU and memory changes made while the VM ran into its row, before it boots."""
+        details = self.details.get(vm.id)
+        if details.pending_cpus is None and details.pending_memory_mb is None:
+            return vm
+        log.info(
+            "vm=%s applying resize: cpus=%s memory_mb=%s",
+            vm.name,
+            details.pending_cpus,
+            details.pending_memory_mb,
+        )
+        return self.details.set_resources(
+            vm,
+            cpus=details.pending_cpus or vm.cpus,
+            memory_mb=details.pending_memory_mb or vm.memory_mb,
+            disk_bytes=vm.disk_bytes,
+        )
+
     async def _wait_ready(self, vm: VM, spec: VMSpec, progress: Progress, started_at: float) -> None:
         deadline = started_at + self.config.boot_timeout
         last_report = 0.0
         while True:
             if self.runtime.pid(spec) is None:
                 tail = self.runtime.console_tail(spec, 2000)
-                raise RuntimeFailure(f'vm "{vm.name}" exited during boot; console tail:\n{tail}', output=tail)
+                log.warning("vm=%s exited during boot; console tail:\n%s", vm.name, tail)
+                raise RuntimeFailure(
+                    f'vm "{vm.name}" exited during boot: run "vm-logs {vm.name}" to see its console',
+                    output=tail,
+                )
             if await self.probe_ssh(vm):
                 return
             now = time.monotonic()
             if now >= deadline:
                 raise RuntimeFailure(
-                    f'vm "{vm.name}" did not respond on SSH within {self.config.boot_timeout:g} s;'
-                    f" see the console log in {spec.run_dir / 'console.log'}"
+                    f'vm "{vm.name}" did not respond on SSH within {self.config.boot_timeout:g} s:'
+                    f' run "vm-logs {vm.name}" to see its console'
                 )
             if now - last_report >= 5:
                 progress(f"waiting for the guest's sshd ({now - started_at:.0f} s)")
@@ -269,8 +555,13 @@ class VMManager:
                 keys.append(asyncssh.import_public_key(line))
         return keys
 
-    async def connect_guest(self, vm: VM, *, timeout: float = 10.0) -> asyncssh.SSHClientConnection:
+    async def connect_guest(
+        self, vm: VM, *, timeout: float = 10.0, agent_path: str | None = None
+    ) -> asyncssh.SSHClientConnection:
         """Open an SSH connection to the guest's sshd as the guest user, pinning its host keys.
+
+        With `agent_path`, the path of a user's forwarded ssh-agent socket on this host, sessions
+        on the connection forward that agent into the guest; it is not used to log in.
 
         :raise RuntimeFailure: the guest has not reported host keys yet or did not accept us.
         """
@@ -285,6 +576,7 @@ class VMManager:
                 client_keys=[self.gateway_key],
                 known_hosts=(host_keys, [], []),
                 agent_path=None,
+                agent_forwarding=agent_path or False,
                 config=None,
                 connect_timeout=timeout,
                 login_timeout=timeout,
@@ -393,7 +685,13 @@ class VMManager:
         task.add_done_callback(self._background.discard)
 
     async def supervise(self) -> None:
-        """Mark VMs stopped whose hypervisor exited on its own (guest poweroff or crash)."""
+        """Mark VMs stopped whose hypervisor exited on its own (guest poweroff or crash), and
+        sample the resource use of running VMs for `stat`."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._watch_exits())
+            group.create_task(self.stats.run())
+
+    async def _watch_exits(self) -> None:
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL_SECONDS)
             for vm in self.store.list_vms():
@@ -413,6 +711,26 @@ class VMManager:
         for task in list(self._background):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def _uncancellable(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run `coroutine` to its end even if the caller is cancelled meanwhile, then re-raise the
+    cancellation; for steps whose half-done state would need repair."""
+    task = asyncio.ensure_future(coroutine)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+def _set_hostname_command(name: str) -> str:
+    """Return a guest command that sets the running hostname, as ussycode-init does at boot."""
+    return (
+        f"sudo -n hostname {name} && echo {name} | sudo -n tee /etc/hostname >/dev/null"
+        f" && sudo -n sed -i 's/^127\\.0\\.1\\.1\\s.*/127.0.1.1\\t{name}/' /etc/hosts"
+    )
 
 
 def _manifest_at(directory: Path) -> ImageManifest:

@@ -26,7 +26,7 @@ from typing import Any
 
 from ussycode import proc
 from ussycode.errors import ConfigError, Conflict, InvalidInput, NotFound, RuntimeFailure
-from ussycode.vm.runtime import VMSpec
+from ussycode.vm.runtime import RuntimeUsage, VMSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ START_TIMEOUT = 30.0  # until the daemonizing parent process exits
 PIDFILE_TIMEOUT = 5.0
 QMP_TIMEOUT = 5.0
 STAGE_TIMEOUT = 5.0  # per stage after the graceful one: QMP quit, SIGTERM, SIGKILL
+DISK_DEVICE = "disk0"  # the -drive id, which QMP block commands take as the device name
 
 
 def _escape_option(value: str) -> str:
@@ -104,7 +105,7 @@ class QemuRuntime:
             [
                 f"file={_escape_option(str(spec.disk.absolute()))}",
                 "if=none",
-                "id=disk0",
+                f"id={DISK_DEVICE}",
                 "format=qcow2",
                 "cache=writeback",
                 "aio=threads",
@@ -140,7 +141,7 @@ class QemuRuntime:
             "-initrd", str(spec.initrd.absolute()),
             "-append", spec.cmdline,
             "-drive", drive,
-            "-device", "virtio-blk-pci,drive=disk0",
+            "-device", f"virtio-blk-pci,drive={DISK_DEVICE}",
             "-netdev", netdev,
             "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}",
             "-object", "rng-random,id=rng0,filename=/dev/urandom",
@@ -282,7 +283,57 @@ class QemuRuntime:
         for name in (PIDFILE, QMP_SOCKET):
             (spec.run_dir / name).unlink(missing_ok=True)
 
+    # Disk changes while the VM runs.
+
+    async def snapshot_disk(self, spec: VMSpec, overlay: Path) -> None:
+        """Switch the running VM's writes to `overlay`, an absolute path, which must exist and name
+        the current disk as its backing file (QMP blockdev-snapshot-sync in "existing" mode).
+
+        :raise RuntimeFailure: QEMU is not running or rejected the switch.
+        """
+        arguments = {
+            "device": DISK_DEVICE,
+            "snapshot-file": str(overlay),
+            "format": "qcow2",
+            "mode": "existing",
+        }
+        await qmp_execute(self._qmp_socket(spec), "blockdev-snapshot-sync", arguments)
+        log.info("vm=%s writes to %s from now on", spec.name, overlay)
+
+    async def grow_disk(self, spec: VMSpec, size_bytes: int) -> None:
+        """Grow the running VM's disk (QMP block_resize); virtio-blk tells the guest at once.
+
+        :raise RuntimeFailure: QEMU is not running or rejected the size.
+        """
+        await qmp_execute(self._qmp_socket(spec), "block_resize", {"device": DISK_DEVICE, "size": size_bytes})
+        log.info("vm=%s disk grown to %d bytes", spec.name, size_bytes)
+
+    def _qmp_socket(self, spec: VMSpec) -> Path:
+        if self.pid(spec) is None:
+            raise RuntimeFailure(f'vm "{spec.name}" is not running')
+        return spec.run_dir.absolute() / QMP_SOCKET
+
     # Inspection.
+
+    async def usage(self, spec: VMSpec) -> RuntimeUsage | None:
+        """Return QEMU's CPU time and resident memory from /proc and the disk's byte counters
+        from QMP query-blockstats, or None if the VM is not running or exits meanwhile."""
+        pid = self.pid(spec)
+        process = _process_usage(pid) if pid is not None else None
+        if process is None:
+            return None
+        cpu_seconds, rss_bytes = process
+        read_bytes = write_bytes = 0
+        try:
+            devices = await qmp_execute(self._qmp_socket(spec), "query-blockstats")
+        except RuntimeFailure as exc:
+            log.debug("vm=%s query-blockstats failed: %s", spec.name, exc)
+        else:
+            for device in devices:
+                if device.get("device") == DISK_DEVICE:
+                    read_bytes = int(device["stats"]["rd_bytes"])
+                    write_bytes = int(device["stats"]["wr_bytes"])
+        return RuntimeUsage(cpu_seconds, rss_bytes, read_bytes, write_bytes)
 
     def pid(self, spec: VMSpec) -> int | None:
         """Return the PID of this VM's live QEMU, or None.
@@ -321,6 +372,19 @@ class QemuRuntime:
         except FileNotFoundError:
             return ""
         return data.decode(errors="replace").replace("\r", "")
+
+
+def _process_usage(pid: int) -> tuple[float, int] | None:
+    """Return the CPU seconds and resident bytes of process `pid`, or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        statm = Path(f"/proc/{pid}/statm").read_text()
+    except OSError:
+        return None
+    # Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+    fields = stat.rsplit(")", 1)[1].split()
+    cpu_seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds, int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _has_option(argv: list[str], option: str, matches: Callable[[str], bool]) -> bool:

@@ -33,6 +33,16 @@ class VMSpec:
     run_dir: Path
 
 
+@dataclass(frozen=True)
+class RuntimeUsage:
+    """Counters of one running VM's hypervisor: totals since it started, and memory now."""
+
+    cpu_seconds: float
+    rss_bytes: int
+    disk_read_bytes: int
+    disk_write_bytes: int
+
+
 class VMRuntime(Protocol):
     """A hypervisor driver, such as `ussycode.vm.qemu.QemuRuntime`."""
 
@@ -62,4 +72,24 @@ class VMRuntime(Protocol):
 
     def console_tail(self, spec: VMSpec, max_bytes: int = 8192) -> str:
         """Return the last `max_bytes` of the VM's serial console output of the current boot."""
+        ...
+
+    async def snapshot_disk(self, spec: VMSpec, overlay: Path) -> None:
+        """Make the running VM write to `overlay`, a new qcow2 file whose backing file is the
+        disk it wrote to until now; that disk becomes read-only.
+
+        :raise RuntimeFailure: the hypervisor rejected the switch; the VM still writes to its
+            old disk.
+        """
+        ...
+
+    async def grow_disk(self, spec: VMSpec, size_bytes: int) -> None:
+        """Grow the running VM's disk to `size_bytes`; the guest sees the new size at once.
+
+        :raise RuntimeFailure: the hypervisor rejected the change.
+        """
+        ...
+
+    async def usage(self, spec: VMSpec) -> RuntimeUsage | None:
+        """Return the VM's CPU, memory and disk counters, or None if it is not running."""
         ...

@@ -1,0 +1,85 @@
+"""CPU, memory and disk amounts that users ask for, checked against the server's limits.
+
+Sizes are binary: `10G` is 10 GiB and `512M` is 512 MiB. A bare number is read in the flag's
+default unit (GiB for disks, MiB for memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ussycode.config import Config, format_size, parse_size
+from ussycode.errors import InvalidInput, QuotaExceeded
+
+MIB = 1024**2
+# Below this a Debian guest with systemd and sshd runs out of memory while it boots.
+MIN_MEMORY_MB = 256
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What a VM boots with: vCPUs, memory in MiB and disk size in bytes."""
+
+    cpus: int
+    memory_mb: int
+    disk_bytes: int
+
+
+def parse_cpus(text: str, config: Config, flag: str = "--cpu") -> int:
+    """Parse a vCPU count from 1 to the `--max-vm-cpus` setting.
+
+    :raise InvalidInput: not a whole number, or below 1.
+    :raise QuotaExceeded: above the limit.
+    """
+    try:
+        cpus = int(text)
+    except ValueError:
+        raise InvalidInput(f'invalid {flag} "{text}": expected a whole number of vCPUs, such as 2') from None
+    if cpus < 1:
+        raise InvalidInput(f'invalid {flag} "{text}": a VM needs at least 1 vCPU')
+    if cpus > config.max_vm_cpus:
+        raise QuotaExceeded(f"{flag} {cpus} is over the limit of {config.max_vm_cpus} vCPUs per VM")
+    return cpus
+
+
+def _size(text: str, flag: str, default_unit: str, example: str) -> int:
+    try:
+        return parse_size(text, default_unit=default_unit)
+    except ValueError:
+        raise InvalidInput(f'invalid {flag} "{text}": expected a size such as {example}') from None
+
+
+def parse_memory_mb(text: str, config: Config, flag: str = "--memory") -> int:
+    """Parse a memory size (MiB if no unit) into whole MiB, from 256 MiB to `--max-vm-memory`.
+
+    :raise InvalidInput: not a size, not whole MiB, or below the minimum.
+    :raise QuotaExceeded: above the limit.
+    """
+    size = _size(text, flag, "M", "512M or 2G")
+    if size % MIB:
+        raise InvalidInput(f'invalid {flag} "{text}": memory must be a whole number of MiB')
+    memory_mb = size // MIB
+    if memory_mb < MIN_MEMORY_MB:
+        raise InvalidInput(f"{flag} {format_size(size)} is below the minimum of {MIN_MEMORY_MB}M")
+    if size > config.max_vm_memory:
+        raise QuotaExceeded(
+            f"{flag} {format_size(size)} is over the limit of {format_size(config.max_vm_memory)} per VM"
+        )
+    return memory_mb
+
+
+def parse_disk(text: str, config: Config, flag: str = "--disk") -> int:
+    """Parse a disk size (GiB if no unit), rounded up to whole MiB, up to `--max-vm-disk`.
+
+    The lower bound depends on the image or the current disk, so callers check it.
+
+    :raise InvalidInput: not a size.
+    :raise QuotaExceeded: above the limit.
+    """
+    size = _size(text, flag, "G", "20G")
+    size = -(-size // MIB) * MIB
+    if size > config.max_vm_disk:
+        raise QuotaExceeded(
+            f"{flag} {format_size(size)} is over the limit of {format_size(config.max_vm_disk)} per VM"
+        )
+    return size

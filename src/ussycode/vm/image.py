@@ -71,6 +71,7 @@ PACKAGES = (
     "curl",
     "ca-certificates",
     "git",
+    "rsync",
     "python3",
     "iproute2",
     "iputils-ping",

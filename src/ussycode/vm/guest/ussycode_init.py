@@ -352,6 +352,28 @@ def fetch_metadata(budget: float) -> tuple[Metadata, dict[str, Any]]:
         time.sleep(RETRY_INTERVAL_SECONDS)
 
 
+def cached_instance_id() -> str | None:
+    """Return the instance id of the metadata saved by the last boot that reached the service."""
+    try:
+        with open(CACHE_PATH) as handle:
+            value = json.load(handle).get("instance_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def remove_host_keys() -> None:
+    """Delete every sshd host key, so that `ensure_host_keys` makes new ones.
+
+    A disk copied from another VM (`cp`) boots with that VM's keys and saved instance id; a
+    new instance id means the keys belong to someone else.
+    """
+    for name in sorted(os.listdir(SSH_DIR)):
+        if name.startswith("ssh_host_") and (name.endswith("_key") or name.endswith("_key.pub")):
+            os.unlink(os.path.join(SSH_DIR, name))
+    say("removed the host keys of the VM this disk was copied from")
+
+
 def save_metadata(raw: dict[str, Any]) -> None:
     """Keep the last good response for boots where the metadata service is unreachable."""
     write_file(CACHE_PATH, json.dumps(raw, indent=2, sort_keys=True) + "\n", mode=0o600)
@@ -618,7 +640,11 @@ def main() -> int:
     else:
         network_up = step("network setup", configure_network, network) is not None
 
+    previous_instance = cached_instance_id()
     metadata, fresh = load_metadata(network_up)
+    if fresh and metadata is not None and previous_instance not in (None, metadata.instance_id):
+        say(f"instance id changed from {previous_instance} to {metadata.instance_id}: this disk is a copy")
+        step("removing the copied host keys", remove_host_keys)
     env_command: Command | None = None
     if metadata is not None:
         if metadata.hostname:

@@ -122,8 +122,9 @@ def check_return_url(config: Config, url: str) -> str:
     if parse_vm_host(host, config.domain) is None:
         raise InvalidInput(f"invalid return URL: the host is not a VM under {config.domain}")
     path = parts.path or "/"
-    if not path.startswith("/"):
-        raise InvalidInput("invalid return URL: the path must start with /")
+    if not path.startswith("/") or path.startswith("//"):
+        # A path of "//x" would read as the host x once it is used as a redirect on the VM host.
+        raise InvalidInput("invalid return URL: the path must start with a single /")
     query = f"?{parts.query}" if parts.query else ""
     return f"{origin(config, host)}{path}{query}"
 

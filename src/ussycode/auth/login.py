@@ -171,7 +171,11 @@ class Logins:
         new = self._new_session(
             host=host_name, user_id=parent.user_id, parent_id=parent.id, expires_at=parent.expires_at
         )
-        return new, check_local_path(handoff.next_path)
+        try:
+            next_path = check_local_path(handoff.next_path)
+        except InvalidInput:
+            next_path = "/"
+        return new, next_path
 
     # Share links.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import shlex
@@ -86,6 +87,19 @@ def _wants_json(argv: list[str]) -> bool:
     return "--json" in argv
 
 
+def _asks_help(command: Command, argv: list[str]) -> bool:
+    """Return whether `argv` is `COMMAND --help` or `COMMAND ACTION --help`.
+
+    Checked before parsing, because a command whose ACTION or arguments are required would
+    otherwise fail on the missing argument. A later `-h` is left alone, since `ssh VM ls -h`
+    passes it to the VM.
+    """
+    flags = ("--help", "-h")
+    if len(argv) > 1 and argv[1] in flags:
+        return True
+    return len(argv) > 2 and argv[1] in command.subcommands and argv[2] in flags
+
+
 async def execute(ctx: CommandContext, argv: list[str]) -> Outcome:
     """Run one command and render its result, or its `UssycodeError` as an error outcome."""
     json_output = _wants_json(argv)
@@ -94,14 +108,19 @@ async def execute(ctx: CommandContext, argv: list[str]) -> Outcome:
         if not argv:
             return Outcome(0, "", "")
         command = find_command(argv[0])
+        wants_help = _asks_help(command, argv)
         parser = command.parser()
-        args = parser.parse_args(argv[1:])
-        json_output = ctx.json_output = bool(args.json)
-        if args.help:
+        try:
+            args = None if wants_help else parser.parse_args(argv[1:])
+        except argparse.ArgumentError as exc:
+            # The parser has exit_on_error=False, so an invalid choice raises instead of calling error().
+            raise InvalidInput(f'{command.name}: {exc}; run "{command.name} --help" for usage') from exc
+        if args is None or args.help:
             if json_output:
                 usage = {"name": command.name, "summary": command.summary, "usage": command.usage()}
                 return Outcome(0, json.dumps(usage, indent=2) + "\n", "", data=usage)
             return Outcome(0, command.usage() + "\n", "")
+        json_output = ctx.json_output = bool(args.json)
         log.info("conn=%s user=%s command=%s", ctx.conn_id, ctx.user.handle, command.name)
         result = await command.handler(ctx, args)
     except UssycodeError as exc:

@@ -3,7 +3,8 @@
 Prints a table and writes JSON to bench-results/core-<time>.json:
 - seconds from `new` to the first command run in the VM (cold boot), over --runs VMs;
 - round trip of `ssh VM@host true` through the gateway against the same straight to the VM's sshd;
-- HTTPS requests per second and median latency through Caddy against the app fetched directly.
+- HTTPS requests per second and median latency through Caddy, for the VM's URL made public and
+  for it private with a logged-in browser session, against the app fetched directly.
 
 Run as root from the checkout: .venv/bin/python scripts/bench.py [--runs 2] [--seconds 10]
 """
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.framework.platform import Platform, SSHUser, wait_until  # noqa: E402
 from tests.framework.tokens import sign_usy0  # noqa: E402
+from tests.sharing.web import Runner, WebClient, jar_cookie, sign_in  # noqa: E402
+from ussycode.auth.cookies import SESSION_COOKIE  # noqa: E402
 
 SSH_ROUNDS = 10
 
@@ -78,6 +82,37 @@ def http_load(platform: Platform, url: str, seconds: float, *extra: str) -> dict
     return result
 
 
+def bench_vm_url(platform: Platform, user: SSHUser, vm: str, host: str, seconds: float) -> dict[str, Any]:
+    """Load the VM's URL made public, then private with a browser session's cookie.
+
+    A public URL goes straight to the VM; a private one costs Caddy a forward-auth request to the
+    platform's API for every request.
+    """
+    tls = ("--cacert", str(platform.root_ca), "--connect-to", "127.0.0.1")
+    url = f"https://{host}/"
+    check(platform.ssh(user, ["share", "set-public", vm]), "share set-public")
+    wait_until(lambda: platform.curl(url).status == 200, 60, "the app at its public URL")
+    public = http_load(platform, url, seconds, *tls)
+
+    check(platform.ssh(user, ["share", "set-private", vm]), "share set-private")
+    client = WebClient(
+        cacert=platform.root_ca, jar=platform.workdir / "bench.cookies", run=in_namespace(platform)
+    )
+    login = json.loads(check(platform.ssh(user, ["browser", "--json"]), "browser").stdout)["url"]
+    if sign_in(client, url, login).status != 200:
+        raise SystemExit(f"bench: the app at {url} did not answer after signing in")
+    cookie = f"{SESSION_COOKIE}={jar_cookie(client.jar, host, SESSION_COOKIE)}"
+    private = http_load(platform, url, seconds, *tls, "--header", f"Cookie: {cookie}")
+    return {"https_public_url": public, "https_private_url_session": private}
+
+
+def in_namespace(platform: Platform) -> Runner:
+    def run(argv: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([*platform.ns.prefix(), *argv], capture_output=True, timeout=60, check=False)
+
+    return run
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,20 +149,7 @@ def main() -> None:
             "app",
         )
         host = f"{vm}.{platform.domain}"
-        wait_until(
-            lambda: platform.curl(f"https://{host}/", "--resolve", f"{host}:443:127.0.0.1").status == 200,
-            60,
-            "app",
-        )
-        results["https_through_caddy"] = http_load(
-            platform,
-            f"https://{host}/",
-            args.seconds,
-            "--cacert",
-            str(platform.root_ca),
-            "--connect-to",
-            "127.0.0.1",
-        )
+        results.update(bench_vm_url(platform, user, vm, host, args.seconds))
         results["http_direct"] = http_load(platform, f"http://{ip}:8080/", args.seconds)
 
         usy0 = sign_usy0(user.key, {"cmds": ["whoami"]}, f"v0@{platform.domain}")
@@ -146,7 +168,8 @@ def main() -> None:
     out_file.write_text(json.dumps(results, indent=2))
 
     ssh = results["ssh_true_round_trip"]
-    caddy, direct = results["https_through_caddy"], results["http_direct"]
+    public, private = results["https_public_url"], results["https_private_url_session"]
+    direct = results["http_direct"]
     median_new = results["new_to_first_command_s"]["median"]
     rows = [
         ("new -> first command (s)", f"median {median_new:.1f}, runs {[round(t, 1) for t in new_times]}"),
@@ -154,7 +177,11 @@ def main() -> None:
             "ssh VM@host true (s)",
             f"gateway {ssh['gateway_median_s']:.3f}, direct {ssh['direct_median_s']:.3f}",
         ),
-        ("HTTPS via Caddy", f"{caddy['requests_per_second']} req/s, median {caddy['median_ms']} ms"),
+        ("HTTPS public URL", f"{public['requests_per_second']} req/s, median {public['median_ms']} ms"),
+        (
+            "HTTPS private URL, session",
+            f"{private['requests_per_second']} req/s, median {private['median_ms']} ms",
+        ),
         ("HTTP direct to the app", f"{direct['requests_per_second']} req/s, median {direct['median_ms']} ms"),
         *[
             (

@@ -31,7 +31,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if "text/html" in (self.headers.get("Accept") or ""):
             payload = (
                 f"<!doctype html><html><head><title>{html.escape(sys.argv[3])}</title></head>"
-                f"<body><h1>{html.escape(sys.argv[3])}</h1><pre id='report'>{html.escape(text)}</pre>"
+                f"<body><h1>{html.escape(sys.argv[3])}</h1>"
+                f"<pre id='report' style='white-space:pre-wrap'>{html.escape(text)}</pre>"
                 "</body></html>"
             ).encode()
             content_type = "text/html; charset=utf-8"

@@ -106,6 +106,15 @@ def parse_response(raw: str, url: str) -> Reply:
     return Reply(int(status_line.split()[1]), headers, set_cookies, body, url)
 
 
+def jar_cookie(jar: Path, host: str, name: str) -> str:
+    """Return the value of cookie `name` that curl's cookie jar keeps for `host`."""
+    for line in jar.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) == 7 and fields[0].removeprefix("#HttpOnly_") == host and fields[5] == name:
+            return fields[6]
+    raise AssertionError(f"no cookie {name} for {host} in {jar}")
+
+
 def sign_in(client: WebClient, vm_url: str, login_link: str) -> Reply:
     """Open a private `vm_url` logged out, sign in with `login_link`, and return the app's reply.
 

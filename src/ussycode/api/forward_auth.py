@@ -1,4 +1,4 @@
-"""The endpoint Caddy's forward auth asks before a request reaches a private VM.
+"""The endpoint that Caddy's forward auth calls before a request reaches a private VM.
 
 A 2xx response lets the request through, and Caddy copies the X-Ussycode-* identity headers of
 the response into it. Any other response goes back to the client as it is: a redirect to the

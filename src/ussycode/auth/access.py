@@ -1,6 +1,6 @@
 """Who may open a VM's URL or log in to it over SSH: the one place that decides.
 
-`decide` is what Caddy's forward auth asks for each request to a private VM host. It reads the
+Caddy's forward auth calls `decide` for each request to a private VM host. It reads the
 request's host, headers and cookies and returns a `Decision`: allow (with the visitor's identity,
 if known), redirect a browser to the login page, or deny with a status code.
 """
@@ -53,9 +53,9 @@ class Identity:
 class Decision:
     """The outcome of `decide` for one request.
 
-    `status` is the HTTP status for the response: 200 to allow, 302 with `location` to send a
-    browser to the login page, 401 without credentials, 403 when the visitor is known but has
-    no access, 404 for a host that is no VM. `reason` is a short phrase for logs and the audit
+    `status` is the HTTP status for the response. It is 200 to allow, and 302 with `location` to
+    send a browser to the login page. A request without credentials gets 401, a known visitor
+    without access 403, and a host that is no VM 404. `reason` is a short phrase for logs and the audit
     log, and never contains a secret.
     """
 
@@ -118,7 +118,7 @@ def decide(
     """Decide whether the request may reach the VM that `host` names.
 
     `headers` are the request's headers (any letter case); `X-Forwarded-Uri` and
-    `X-Forwarded-Method` describe the original request when Caddy's forward auth asks.
+    `X-Forwarded-Method` describe the original request when Caddy's forward auth calls.
     `cookies` maps cookie names to their values, as `parse_cookie_header` returns them.
     """
     headers = {name.lower(): value for name, value in headers.items()}

@@ -1,7 +1,7 @@
 """The platform's cookies: names, attributes and reading them from a Cookie header.
 
 Every platform cookie has the `__Host-` prefix. Browsers accept such a cookie only with
-`Secure`, `Path=/` and no `Domain` attribute, so it is sent back to the one host that set it and
+`Secure`, `Path=/` and no `Domain` attribute. So it is sent back to the one host that set it, and
 no other host under the domain (another VM's app, say) can set or overwrite it.
 """
 

@@ -2,8 +2,8 @@
 
 The flow for a private VM URL:
 
-1. Caddy asks `decide`; a browser without a session is redirected to the login page on the
-   main domain, with the VM URL as `next`.
+1. Caddy's forward auth calls `decide`. A browser without a session is redirected to the login
+   page on the main domain, with the VM URL as `next`.
 2. The visitor opens a login link from the `browser` command. `redeem_login_link` turns it
    into a session on the main domain (cookie `__Host-ussycode-session` of that host).
 3. `start_handoff` makes a one-time code, valid for one VM host and 60 seconds, and returns

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ussycode.errors import RuntimeFailure
 
-# One character cell holds two modules, one above the other. Cells are about twice as high as
+# One character cell contains two modules, one above the other. Cells are about twice as high as
 # wide, so the modules come out square.
 _CELLS = {(False, False): " ", (True, False): "\u2580", (False, True): "\u2584", (True, True): "\u2588"}
 # Black on white whatever the terminal's colours, because scanners expect dark modules on a

@@ -38,9 +38,11 @@ def _share_arguments(parser: ArgumentParser) -> None:
     add_subcommand(actions, "set-private", "let only you and people it is shared with in").add_argument(
         "vm", metavar="VM"
     )
+
     port = add_subcommand(actions, "port", "choose the VM port behind the VM's URL (default 8080)")
     port.add_argument("vm", metavar="VM")
     port.add_argument("port", metavar="PORT", help="TCP port in the VM, 1 to 65535")
+
     add = add_subcommand(actions, "add", "give a person web access; an unknown email becomes an invitation")
     add.add_argument("vm", metavar="VM")
     add.add_argument("person", metavar="HANDLE|EMAIL")
@@ -50,6 +52,7 @@ def _share_arguments(parser: ArgumentParser) -> None:
     remove = add_subcommand(actions, "remove", "take a person's access away, or revoke an invitation")
     remove.add_argument("vm", metavar="VM")
     remove.add_argument("person", metavar="HANDLE|EMAIL")
+
     add_subcommand(actions, "add-link", "make a link that gives anyone who opens it access").add_argument(
         "vm", metavar="VM"
     )
@@ -60,6 +63,7 @@ def _share_arguments(parser: ArgumentParser) -> None:
     remove_link.add_argument(
         "link", metavar="TOKEN", help="the link's token, its URL, or its id from share show"
     )
+
     access = add_subcommand(actions, "access", "let a person the VM is shared with also ssh into it, or not")
     access.add_argument("mode", choices=("allow", "disallow"), metavar="allow|disallow")
     access.add_argument("vm", metavar="VM")
@@ -97,10 +101,6 @@ def _person_data(share: Share) -> dict[str, Any]:
 
 def _link_data(link: ShareLink) -> dict[str, Any]:
     return {"id": link.label, "added_by": link.created_by, "added_at": link.created_at}
-
-
-def _who(share: Share) -> str:
-    return share.handle or share.email or "?"
 
 
 def _show_text(data: dict[str, Any]) -> str:

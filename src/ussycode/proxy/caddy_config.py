@@ -20,9 +20,9 @@ A VM's route matches its own host `<name>.<domain>` and the hosts of its other p
     1. delete every X-Ussycode-* request header the client sent
     2. /__ussycode/logout, /callback and /share  -> the platform's API (login on this host)
        any other /__ussycode/ path              -> 404
-    3. forward auth: ask the API's /__ussycode/auth; a 2xx answer copies the visitor's
-       X-Ussycode-User-Id, -Handle and -Email into the request, any other answer (a redirect
-       to the login page, 401, 403) goes back to the client as it is. The VM's own host skips
+    3. forward auth: a request to the API's /__ussycode/auth. A 2xx response copies the
+       visitor's X-Ussycode-User-Id, -Handle and -Email into the request. Any other response
+       (a redirect to the login page, 401, 403) goes back to the client as it is. The VM's own host skips
        this step when the VM is public; other ports never do.
     4. remove the platform's cookies (`__Host-ussycode-*`) from the Cookie header
     5. reverse_proxy to the VM's IP on the port (or a status page while it is not running)
@@ -57,12 +57,12 @@ VM_ROUTE_ID_PREFIX = "ussycode-vm-"
 HTTPS_SERVER = "ussycode-https"
 HTTP_SERVER = "ussycode-http"
 
-# The regexp capture that holds the port of a `<name>--<port>` host.
+# The regexp capture that contains the port of a `<name>--<port>` host.
 PORT_CAPTURE = "ussycode_port"
 PORT_PATTERN = "(3[0-9]{3}|[4-9][0-9]{3})"
 IDENTITY_HEADERS = ("X-Ussycode-User-Id", "X-Ussycode-Handle", "X-Ussycode-Email")
 # Set with the vars handler so that the error routes can tell a failed auth request from a VM
-# that does not answer.
+# whose app does not respond.
 STAGE_VAR = "ussycode_stage"
 
 MAX_STATE_CHARS = 40
@@ -221,7 +221,7 @@ def stopped_page(route: VMRoute) -> dict[str, Any]:
 
 
 def _bad_gateway_page(route: VMRoute, port: str) -> dict[str, Any]:
-    """Return the page for a running VM whose app does not answer on `port` (text or placeholder)."""
+    """Return the page for a running VM whose app does not respond on `port` (digits or placeholder)."""
     name = _escape(route.name)
     return _static_page(
         "{http.error.status_code}",
@@ -277,11 +277,12 @@ def _strip_platform_cookies() -> list[dict[str, Any]]:
 
 
 def _forward_auth(api_upstream: str) -> dict[str, Any]:
-    """Return the handler that asks the API whether the request may pass.
+    """Return the handler that requests the API's access decision for the request.
 
-    On a 2xx answer each identity header is copied only when the answer has it non-empty: the
-    API always sends the three, empty for an unknown visitor, because Caddy 2.6 leaves the
-    placeholder of a missing header as literal text.
+    On a 2xx response each identity header is copied only when the response has it non-empty.
+    The API always sends the three, empty for an unknown visitor, because Caddy 2.6.2 leaves the
+    placeholder of a header missing from the response as literal text, which the vars matcher
+    does not see as empty (and its vars_regexp matcher does not resolve placeholders at all).
     """
     copies = []
     for name in IDENTITY_HEADERS:

@@ -1,4 +1,4 @@
-"""Who may open a VM's URL: visibility, the URL's port, people, invitations and share links."""
+"""Access settings of VM URLs: visibility, the URL's port, people, invitations and share links."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ DEFAULT_PORT = 8080
 
 @dataclass(frozen=True)
 class VMSharing:
-    """How a VM's URL is served; a VM that was never changed is private on port 8080."""
+    """Share settings of one VM. A VM that was never changed is private on port 8080."""
 
     vm_id: int
     public: bool

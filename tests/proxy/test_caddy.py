@@ -73,7 +73,7 @@ def curl(proxy: Proxy, url: str, *extra: str) -> Reply:
 
 
 def running(name: str, app: EchoApp) -> VMRoute:
-    return VMRoute(name, app.upstream, "running", f"ssh -p 2224 localhost start {name}")
+    return VMRoute(name, app.upstream, "running", f"ssh -p 2224 localhost start {name}", public=True)
 
 
 def stopped(name: str, state: str = "stopped") -> VMRoute:

@@ -468,3 +468,14 @@ def test_web_logins_audited(stack: Stack) -> None:
     }
     assert Action.LOGIN in actions
     assert Action.LOGIN_HOST in actions
+
+
+def test_web_tls_ask_port_hosts(stack: Stack) -> None:
+    owner = stack.add_user("p31-alice")
+    stack.add_vm("p31-owl", owner)
+    client = stack.client("p31")
+    ask = f"http://127.0.0.1:{stack.api_port}/__ussycode/tls-ask?domain="
+    for host in (DOMAIN, f"p31-owl.{DOMAIN}", f"p31-owl--3000.{DOMAIN}", f"P31-OWL--9999.{DOMAIN}."):
+        assert client.get(ask + host).status == 200, host
+    for host in (f"ghost.{DOMAIN}", f"ghost--3000.{DOMAIN}", f"x.p31-owl.{DOMAIN}", "evil.example", ""):
+        assert client.get(ask + host).status == 404, host

@@ -529,7 +529,7 @@ def report_setup(status: str, exit_status: int | None, budget: float) -> None:
 def run_setup_script(script: str) -> None:
     """Run the owner's setup script once, as the login user in a login shell, and report it.
 
-    The script runs in the user's home directory with bash, so it sees /etc/profile.d and uses
+    The script runs in the user's home directory with bash, so it reads /etc/profile.d and needs
     sudo for root. Its output goes to /var/log/ussycode-setup.log, and its state and output are
     posted to /v1/setup-log when it starts, every 10 s while it runs, and when it ends.
     """

@@ -100,7 +100,7 @@ def bench_vm_url(platform: Platform, user: SSHUser, vm: str, host: str, seconds:
     )
     login = json.loads(check(platform.ssh(user, ["browser", "--json"]), "browser").stdout)["url"]
     if sign_in(client, url, login).status != 200:
-        raise SystemExit(f"bench: the app at {url} did not answer after signing in")
+        raise SystemExit(f"bench: the app at {url} did not respond with 200 after signing in")
     cookie = f"{SESSION_COOKIE}={jar_cookie(client.jar, host, SESSION_COOKIE)}"
     private = http_load(platform, url, seconds, *tls, "--header", f"Cookie: {cookie}")
     return {"https_public_url": public, "https_private_url_session": private}

@@ -1,7 +1,7 @@
 """The platform's web side without QEMU: real Store, API server, Caddy and command layer on loopback.
 
 VMs are store rows whose IP is a loopback address (127.0.0.2, 127.0.0.3, ...) where an echo app
-stands in for the app inside the guest. The API server and Caddy run on an event loop in a
+replaces the app inside the guest. The API server and Caddy run on an event loop in a
 thread of their own, so that curl, run from the test, can talk to them while the test waits.
 """
 
@@ -113,6 +113,7 @@ class Stack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.loop = LoopThread()
+
         self.https_port = free_port()
         self.api_port = free_port()
         self.config = load_config(workdir / "data", self.https_port, free_port(), self.api_port)
@@ -128,6 +129,7 @@ class Stack:
             api_upstream=f"127.0.0.1:{self.api_port}",
         )
         self.routes = CaddyRoutes(self.config, self.caddy, self.store)
+
         self.api = APIServer(config=self.config, store=self.store)
         gateway_key = asyncssh.generate_private_key("ssh-ed25519")
         self.manager = VMManager(

@@ -228,7 +228,8 @@ def test_help_lists_sharing_commands(stack: Stack, people: dict[str, User]) -> N
     listing = run(stack, people["alice"], "help")
     for name in ("share", "email", "browser"):
         assert re.search(rf"^{name}\s", listing, re.MULTILINE), name
-    for line in ("share --help", "share show --help", "help share"):
+    for line in ("share --help", "help share"):
         usage = run(stack, people["alice"], line)
         for action in ("set-public", "add-link", "remove-link", "access"):
             assert action in usage, line
+    assert "show visibility, port, people and links" in run(stack, people["alice"], "share show --help")

@@ -7,6 +7,7 @@ request it received (echo_app.py), on port 8080 for the VM's URL and on port 300
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ import pytest
 
 from tests.conftest import require_image, require_root
 from tests.framework.platform import Platform, SSHUser, wait_until
+from tests.framework.tokens import sign_usy0
 from tests.sharing.chromium import Chromium
 from tests.sharing.web import Reply, WebClient, cookie_attributes, sign_in
 from ussycode.auth.cookies import SESSION_COOKIE
@@ -298,3 +300,45 @@ def test_vm_browser_login(site: Site) -> None:
     data = screenshot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 1000
+
+
+def test_vm_scoped_token_three_forms(site: Site) -> None:
+    namespace = f"v0@{VM}.{DOMAIN}"
+    token = sign_usy0(site.alice.key, {"ctx": {"build": 42}}, namespace)
+    basic = base64.b64encode(f"git:{token}".encode()).decode()
+    forms = [
+        ("--header", f"Authorization: Bearer {token}"),
+        ("--header", f"X-Ussycode-Authorization: Bearer {token}"),
+        ("--header", f"Authorization: Basic {basic}"),
+    ]
+    for form in forms:
+        reply = site.client("token").get(VM_URL, *form)
+        assert reply.status == 200, form[1][:40]
+        assert reply.app_header("X-Ussycode-Token-Ctx") == ['{"build":42}']
+        assert reply.app_header("X-Ussycode-Handle") == ["alice"]
+        assert reply.app_header("Authorization") == []
+        assert reply.app_header("X-Ussycode-Authorization") == []
+
+    exec_token = sign_usy0(site.alice.key, {}, f"v0@{DOMAIN}")
+    wrong_vm = sign_usy0(site.alice.key, {}, f"v0@other-owl.{DOMAIN}")
+    stranger = sign_usy0(site.carol.key, {}, namespace)
+    for bad in (exec_token, wrong_vm, "usy0.garbage.token"):
+        denied = site.client("bad-token").get(VM_URL, "--header", f"Authorization: Bearer {bad}")
+        assert denied.status == 401
+        assert "invalid token" in denied.json()["error"]["message"]
+    assert (
+        site.client("carol-token").get(VM_URL, "--header", f"Authorization: Bearer {stranger}").status == 403
+    )
+
+    app_auth = site.client("app-auth").get(VM_URL, "--header", "Authorization: Bearer app-own-token")
+    assert app_auth.status == 401
+
+    minted = json.loads(site.run(site.alice, f"ssh-key generate-api-key --vm {VM} --label deploy --json"))
+    scoped = site.client("minted").get(VM_URL, "--header", f"Authorization: Bearer {minted['token']}")
+    assert scoped.status == 200
+    assert scoped.app_header("X-Ussycode-Token-Ctx") == []
+    run_exec = site.platform.curl(
+        f"https://{DOMAIN}/exec", "--resolve", f"{DOMAIN}:443:127.0.0.1",
+        "-H", f"Authorization: Bearer {minted['token']}", "--data", "ls",
+    )  # fmt: skip
+    assert run_exec.status == 401

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 USER_ID_HEADER = "X-Ussycode-User-Id"
 HANDLE_HEADER = "X-Ussycode-Handle"
 EMAIL_HEADER = "X-Ussycode-Email"
+TOKEN_CTX_HEADER = "X-Ussycode-Token-Ctx"
+# Tells Caddy to drop the request's Authorization header, which carried the platform's token.
+STRIP_AUTHORIZATION_HEADER = "X-Ussycode-Strip-Authorization"
 
 
 def client_address(request: web.Request) -> str:
@@ -64,12 +67,10 @@ class ForwardAuth:
         if decision.verdict is Verdict.REDIRECT and decision.location is not None:
             return redirect(decision.location)
         if decision.status == 401:
-            response = error_response(
-                request,
-                401,
-                "unauthorized",
-                f"login required: open https://{host}/ in a browser and sign in",
-            )
+            message = f"login required: open https://{host}/ in a browser and sign in"
+            if decision.reason.startswith("invalid token"):
+                message = decision.reason
+            response = error_response(request, 401, "unauthorized", message)
             response.headers["WWW-Authenticate"] = f'Bearer realm="{host}"'
             return response
         if decision.status == 403 and decision.identity is not None:
@@ -83,6 +84,8 @@ class ForwardAuth:
             USER_ID_HEADER: str(identity.user_id) if identity else "",
             HANDLE_HEADER: identity.handle if identity else "",
             EMAIL_HEADER: (identity.email or "") if identity else "",
+            TOKEN_CTX_HEADER: decision.token_ctx or "",
+            STRIP_AUTHORIZATION_HEADER: "1" if decision.strip_authorization else "",
             "Cache-Control": "no-store",
         }
         return web.Response(status=200, headers=headers)

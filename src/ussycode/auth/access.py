@@ -7,12 +7,16 @@ if known), redirect a browser to the login page, or deny with a status code.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from ussycode.auth.api_tokens import TokenVerifier
 from ussycode.auth.cookies import SESSION_COOKIE
 from ussycode.auth.hosts import (
     LOGIN_PATH,
@@ -23,6 +27,7 @@ from ussycode.auth.hosts import (
     strip_port,
 )
 from ussycode.auth.random_tokens import hash_token, looks_like_token
+from ussycode.auth.signed_tokens import InvalidToken
 from ussycode.config import Config
 from ussycode.errors import InvalidInput, NotFound
 from ussycode.store import VM, Store, User
@@ -66,6 +71,53 @@ class Decision:
     identity: Identity | None = None
     location: str | None = None
     link_id: int | None = None
+    token_ctx: str | None = None
+    strip_authorization: bool = False
+
+
+# A VM-scoped token may come in this header, which the proxy removes before the request reaches
+# the VM, or in `Authorization` as a bearer token or the password of HTTP basic auth.
+TOKEN_HEADER = "x-ussycode-authorization"
+TOKEN_PREFIXES = ("usy0.", "usy1.")
+
+
+def presented_token(headers: Mapping[str, str]) -> tuple[str, bool] | None:
+    """Return the usy0/usy1 token a request carries and whether it came in `Authorization`.
+
+    `headers` must have lower-case names. An `Authorization` header that holds no platform token
+    (the app's own credentials) is not ours and stays untouched.
+    """
+    scheme, _, value = headers.get(TOKEN_HEADER, "").strip().partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip(), False
+    scheme, _, value = headers.get("authorization", "").strip().partition(" ")
+    value = value.strip()
+    if scheme.lower() == "bearer" and value.startswith(TOKEN_PREFIXES):
+        return value, True
+    if scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        password = decoded.partition(":")[2]
+        if password.startswith(TOKEN_PREFIXES):
+            return password, True
+    return None
+
+
+def _token_decision(store: Store, config: Config, vm: VM, token: tuple[str, bool], now: int) -> Decision:
+    token_text, in_authorization = token
+    try:
+        verified = TokenVerifier(store, config.domain).verify(token_text, vm_name=vm.name, now=now)
+    except InvalidToken as exc:
+        return Decision(Verdict.DENY, 401, f"invalid token: {exc.message}", vm.name)
+    identity = identity_of(store, verified.user)
+    if not can_open(store, vm, verified.user.id):
+        return Decision(Verdict.DENY, 403, f"not shared with {identity.handle}", vm.name, identity)
+    ctx = "" if verified.ctx is None else json.dumps(verified.ctx, separators=(",", ":"))
+    return Decision(
+        Verdict.ALLOW, 200, "token", vm.name, identity, token_ctx=ctx, strip_authorization=in_authorization
+    )
 
 
 def identity_of(store: Store, user: User) -> Identity:
@@ -131,8 +183,9 @@ def decide(
     if target.port is None and Sharing(store).settings(vm.id).public:
         return Decision(Verdict.ALLOW, 200, "public", vm.name)
 
-    # TODO: VM-scoped API tokens (Authorization: Bearer usy0...) are to be checked here,
-    # before the cookie, once they exist.
+    presented = presented_token(headers)
+    if presented is not None:
+        return _token_decision(store, config, vm, presented, clock)
     session = session_from_cookies(store, host, cookies, clock)
     identity: Identity | None = None
     if session is not None and session.user_id is not None:

@@ -60,7 +60,13 @@ HTTP_SERVER = "ussycode-http"
 # The regexp capture that contains the port of a `<name>--<port>` host.
 PORT_CAPTURE = "ussycode_port"
 PORT_PATTERN = "(3[0-9]{3}|[4-9][0-9]{3})"
-IDENTITY_HEADERS = ("X-Ussycode-User-Id", "X-Ussycode-Handle", "X-Ussycode-Email")
+# Headers the auth endpoint returns and Caddy copies onto the request to the VM when non-empty.
+IDENTITY_HEADERS = ("X-Ussycode-User-Id", "X-Ussycode-Handle", "X-Ussycode-Email", "X-Ussycode-Token-Ctx")
+# The VM-scoped token header is kept in this variable before every X-Ussycode-* header is deleted,
+# and handed to the auth endpoint only.
+TOKEN_VAR = "ussycode_bearer"
+TOKEN_HEADER = "X-Ussycode-Authorization"
+STRIP_AUTHORIZATION_HEADER = "X-Ussycode-Strip-Authorization"
 # Set with the vars handler so that the error routes can tell a failed auth request from a VM
 # whose app does not respond.
 STAGE_VAR = "ussycode_stage"
@@ -250,6 +256,10 @@ def _set_stage(stage: str) -> dict[str, Any]:
     return {"handler": "vars", STAGE_VAR: stage}
 
 
+def _keep_token_header() -> dict[str, Any]:
+    return {"handler": "vars", TOKEN_VAR: f"{{http.request.header.{TOKEN_HEADER}}}"}
+
+
 def _strip_identity_headers() -> dict[str, Any]:
     # Caddy 2.6 deletes every header whose canonical name starts with the prefix.
     return {"handler": "headers", "request": {"delete": ["X-Ussycode-*"]}}
@@ -293,6 +303,13 @@ def _forward_auth(api_upstream: str) -> dict[str, Any]:
                 "handle": [{"handler": "headers", "request": {"set": {name: [placeholder]}}}],
             }
         )
+    strip = f"{{http.reverse_proxy.header.{STRIP_AUTHORIZATION_HEADER}}}"
+    copies.append(
+        {
+            "match": [{"vars": {strip: ["1"]}}],
+            "handle": [{"handler": "headers", "request": {"delete": ["Authorization"]}}],
+        }
+    )
     return {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": api_upstream}],
@@ -302,6 +319,7 @@ def _forward_auth(api_upstream: str) -> dict[str, Any]:
                 "set": {
                     "X-Forwarded-Method": ["{http.request.method}"],
                     "X-Forwarded-Uri": ["{http.request.uri}"],
+                    TOKEN_HEADER: [f"{{http.vars.{TOKEN_VAR}}}"],
                 }
             }
         },
@@ -343,7 +361,7 @@ def build_vm_route(route: VMRoute, settings: ProxySettings) -> dict[str, Any]:
     port_dial = None if address is None else f"{address}:{port_placeholder}"
     platform_paths = [LOGOUT_PATH, CALLBACK_PATH, SHARE_PATH]
     routes = [
-        {"handle": [_strip_identity_headers()]},
+        {"handle": [_keep_token_header(), _strip_identity_headers()]},
         {
             "match": [{"path": platform_paths}],
             "handle": [_reverse_proxy(settings.api_upstream)],

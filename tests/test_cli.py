@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -58,3 +59,31 @@ def test_cli_exec_without_token(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "missing token" in result.stderr
+
+
+def test_exec_inlines_setup_script(tmp_path: Path) -> None:
+    from ussycode.cli import inline_setup_script
+
+    script = tmp_path / "setup.sh"
+    script.write_text("echo one\necho 'two'\n")
+    inlined = inline_setup_script(f"new --name api --setup-script {script} --json")
+    assert shlex.split(inlined) == [
+        "new",
+        "--name",
+        "api",
+        "--setup-script",
+        "echo one\necho 'two'\n",
+        "--json",
+    ]
+    with_equals = inline_setup_script(f"new --setup-script={script}")
+    assert shlex.split(with_equals) == ["new", "--setup-script=echo one\necho 'two'\n"]
+    assert inline_setup_script("new --setup-script -") == "new --setup-script -"
+    assert inline_setup_script("ls -l") == "ls -l"
+
+
+def test_exec_inline_missing_script(tmp_path: Path) -> None:
+    from ussycode.cli import inline_setup_script
+    from ussycode.errors import UssycodeError
+
+    with pytest.raises(UssycodeError, match="cannot read the setup script"):
+        inline_setup_script(f"new --setup-script {tmp_path / 'missing.sh'}")

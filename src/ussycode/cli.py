@@ -7,8 +7,10 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ussycode import __version__, config, logs
 from ussycode.errors import UssycodeError
@@ -52,6 +54,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def inline_setup_script(command_line: str) -> str:
+    """Replace `--setup-script FILE` in a command line with the file's text, which the API takes.
+
+    The server cannot read the caller's files, so the client sends the script itself.
+    :raise UssycodeError: the file cannot be read.
+    """
+    try:
+        argv = shlex.split(command_line)
+    except ValueError:
+        return command_line
+    for index, word in enumerate(argv):
+        name, sep, value = word.partition("=")
+        if name != "--setup-script":
+            continue
+        position = index if sep else index + 1
+        path = value if sep else (argv[index + 1] if index + 1 < len(argv) else "-")
+        if path == "-" or "\n" in path:
+            return command_line
+        try:
+            text = Path(path).read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UssycodeError(f"cannot read the setup script {path}: {exc}") from exc
+        if "\n" not in text:
+            text += "\n"
+        argv[position] = f"--setup-script={text}" if sep else text
+        return shlex.join(argv)
+    return command_line
+
+
 def _exec(args: argparse.Namespace) -> int:
     from ussycode.client import APIError, Client
 
@@ -61,7 +92,7 @@ def _exec(args: argparse.Namespace) -> int:
         print("ussycode exec: missing token: pass --token or set USSYCODE_TOKEN", file=sys.stderr)
         return 2
     try:
-        result = Client(url, token, cafile=args.cacert).exec(args.command_line)
+        result = Client(url, token, cafile=args.cacert).exec(inline_setup_script(args.command_line))
     except APIError as exc:
         print(f"ussycode exec: {exc.status} {exc.code}: {exc.message}", file=sys.stderr)
         return 1

@@ -39,7 +39,7 @@ def test_gateway_signup_generic_username(platform: Platform) -> None:
         ("new --name Bad_Name", 'invalid VM name "Bad_Name"'),
         ("new --bogus", "unrecognized arguments: --bogus"),
         ("start nope", 'no VM named "nope"'),
-        ("stop", "the following arguments are required: NAME"),
+        ("stop", "the following arguments are required: VM"),
         ("rm nope", 'no VM named "nope"'),
         ('new --name "unterminated', "cannot parse the command line"),
     ],

@@ -13,7 +13,8 @@ from ussycode.commands.base import (
     add_subcommand,
     add_subcommands,
 )
-from ussycode.commands.render import table
+from ussycode.commands.render import Style
+from ussycode.errors import InvalidInput
 from ussycode.store.audit import AuditLog
 from ussycode.store.emails import Emails, UserEmail, check_email
 
@@ -93,33 +94,51 @@ async def email(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     return CommandResult(_email_data(current), text)
 
 
+GROUP_TITLES = {
+    "vms": "VMs",
+    "sharing": "Sharing",
+    "account": "Account and keys",
+    "api": "API",
+    "learn": "Help and learning",
+    "general": "Session",
+}
+
+
 def _help_arguments(parser: ArgumentParser) -> None:
-    parser.add_argument("command", nargs="?", metavar="COMMAND", help="command to describe")
+    parser.add_argument(
+        "command", nargs="*", metavar="COMMAND", help='command to describe, e.g. "new" or "ssh-key add"'
+    )
 
 
 async def help_command(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     from ussycode.commands.dispatch import REGISTRY, find_command
 
+    style = Style.of(ctx)
     if args.command:
-        command = find_command(args.command)
-        usage = {
-            "name": command.name,
-            "summary": command.summary,
-            "usage": command.usage(),
-            "examples": command.examples,
-        }
-        return CommandResult(usage, command.usage())
-    rows = [[command.name, command.summary] for command in REGISTRY.values()]
-    data = [
+        if len(args.command) > 2:
+            raise InvalidInput('help takes a command and at most one action, e.g. "help ssh-key add"')
+        command = find_command(args.command[0])
+        data, text = command.help_for(args.command[1] if len(args.command) > 1 else None)
+        return CommandResult(data, text)
+    groups: dict[str, list[Command]] = {}
+    for command in REGISTRY.values():
+        groups.setdefault(command.group, []).append(command)
+    order = [group for group in GROUP_TITLES if group in groups] + sorted(set(groups) - set(GROUP_TITLES))
+    width = max(len(name) for name in REGISTRY)
+    lines: list[str] = []
+    for group in order:
+        if lines:
+            lines.append("")
+        lines.append(style.paint(GROUP_TITLES.get(group, group.capitalize()), "bold"))
+        for command in groups[group]:
+            lines.append(f"{style.paint(command.name.ljust(width), 'cyan')}  {command.summary}")
+    lines += ["", 'Run "help COMMAND" or "COMMAND --help" for details. Every command takes --json.']
+    listing = [
         {"name": command.name, "group": command.group, "summary": command.summary}
-        for command in REGISTRY.values()
+        for group in order
+        for command in groups[group]
     ]
-    text = (
-        table(["command", "summary"], rows)
-        + '\n\nRun "help COMMAND" or "COMMAND --help" for details. Every command takes --json.'
-    )
-    del ctx
-    return CommandResult(data, text)
+    return CommandResult(listing, "\n".join(lines))
 
 
 async def exit_command(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
@@ -140,10 +159,11 @@ COMMANDS = [
     ),
     Command(
         "help",
-        "List commands, or describe one.",
+        "List commands by group, or describe one with its flags and examples.",
         help_command,
+        group="learn",
         arguments=_help_arguments,
-        examples=["help", "help new"],
+        examples=["help", "help new", "help ssh-key add", "help cp --json"],
     ),
     Command("exit", "Leave the REPL.", exit_command, examples=["exit"]),
 ]

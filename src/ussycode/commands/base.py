@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
 
-from ussycode.errors import InvalidInput
+from ussycode.errors import InvalidInput, NotFound
 
 if TYPE_CHECKING:
+    import asyncssh
+
     from ussycode.config import Config
     from ussycode.store import Store, User
     from ussycode.vm.manager import VMManager
@@ -46,13 +48,47 @@ class Terminal(Protocol):
         """Show a progress line (not part of the command's result)."""
 
 
+# Opens an SSH connection into a VM; the argument is the path of a forwarded ssh-agent socket.
+GuestConnector = Callable[["str | None"], Awaitable["asyncssh.SSHClientConnection"]]
+
+
+@runtime_checkable
+class InputTerminal(Protocol):
+    """A terminal that can pass the user's input to a command, such as a script on stdin."""
+
+    async def read_input(self, hint: str, max_bytes: int) -> str | None:
+        """Return text the user sends, up to end of input, or None if there is none to read.
+
+        `hint` tells an interactive user how to end the input.
+        :raise InvalidInput: the input is over `max_bytes` bytes.
+        """
+
+
+@runtime_checkable
+class AttachTerminal(Protocol):
+    """A terminal that can hand its keyboard and screen to a session inside a VM."""
+
+    can_attach: bool
+
+    async def attach(self, connect: GuestConnector, command: str | None) -> int:
+        """Run a shell (`command` None) or `command` in the VM on this terminal; return its exit status."""
+
+
 @dataclass
 class CommandContext:
+    """What a command runs with: the platform, the user, and how output is shown.
+
+    `color` allows ANSI colours and `width` is the terminal's width in columns; both are set
+    only for a terminal (a PTY), so piped output and JSON stay plain.
+    """
+
     services: Services
     user: User
     terminal: Terminal
     conn_id: str = "-"
     json_output: bool = False
+    color: bool = False
+    width: int | None = None
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -68,8 +104,12 @@ class ArgumentParser(argparse.ArgumentParser):
 def add_subcommand(actions: Any, name: str, summary: str) -> ArgumentParser:
     """Add a subcommand parser that also takes --json and --help, like every command."""
     parser: ArgumentParser = actions.add_parser(name, help=summary, description=summary, add_help=False)
-    parser.add_argument("--help", "-h", action="store_true", help="show this help")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
+    # SUPPRESS keeps an absent flag from overwriting the same flag given before the action, as
+    # in "share --json show VM", because argparse applies a subparser's defaults last.
+    parser.add_argument("--help", "-h", action="store_true", default=argparse.SUPPRESS, help="show this help")
+    parser.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+    )
     return parser
 
 
@@ -115,3 +155,77 @@ class Command:
 
     def usage(self) -> str:
         return self.parser().format_help().rstrip()
+
+    def describe(self) -> dict[str, Any]:
+        """Return the command's help as data: what `help CMD --json` and `CMD --help --json` print."""
+        parser = self.parser()
+        data: dict[str, Any] = {
+            "name": self.name,
+            "summary": self.summary,
+            "group": self.group,
+            "usage": parser.format_usage().removeprefix("usage: ").strip(),
+            "help": self.usage(),
+            "arguments": _describe_arguments(parser),
+            "examples": self.examples,
+        }
+        subparsers = _subparsers(parser)
+        if subparsers is not None:
+            data["subcommands"] = [
+                {
+                    "name": name,
+                    "summary": sub.description or "",
+                    "usage": sub.format_usage().removeprefix("usage: ").strip(),
+                    "arguments": _describe_arguments(sub),
+                }
+                for name, sub in subparsers.choices.items()
+            ]
+        return data
+
+    def help_for(self, action: str | None = None) -> tuple[dict[str, Any], str]:
+        """Return the help of the command, or of one of its actions, as data and as text.
+
+        :raise NotFound: the command has no such action.
+        """
+        if action is None:
+            return self.describe(), self.usage()
+        for sub in self.describe().get("subcommands", []):
+            if sub["name"] == action:
+                text = f"usage: {sub['usage']}\n\n{sub['summary']}"
+                arguments = [f"  {arg['name']:<20} {arg['help']}" for arg in sub["arguments"]]
+                if arguments:
+                    text += "\n\narguments:\n" + "\n".join(arguments)
+                return {
+                    "name": f"{self.name} {action}",
+                    **{k: v for k, v in sub.items() if k != "name"},
+                }, text
+        actions = ", ".join(self.subcommands) or "none"
+        raise NotFound(f'"{self.name}" has no action "{action}": its actions are {actions}')
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Any:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    return None
+
+
+def _describe_arguments(parser: argparse.ArgumentParser) -> list[dict[str, Any]]:
+    """Return each option and positional of `parser` as data, except --help and subcommands."""
+    arguments = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) or "--help" in action.option_strings:
+            continue
+        takes_value = action.nargs != 0
+        entry: dict[str, Any] = {
+            "name": action.option_strings[0] if action.option_strings else (action.metavar or action.dest),
+            "flags": list(action.option_strings),
+            "positional": not action.option_strings,
+            "metavar": (action.metavar or action.dest.upper()) if takes_value else None,
+            "help": action.help or "",
+            "required": bool(action.required),
+            "repeatable": isinstance(action, argparse._AppendAction) or action.nargs in ("+", "*"),
+        }
+        if takes_value and action.default not in (None, argparse.SUPPRESS, [], False):
+            entry["default"] = action.default
+        arguments.append(entry)
+    return arguments

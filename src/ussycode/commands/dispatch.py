@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ussycode.commands import account, browser, keys, share, ssh, vm
+from ussycode.commands import account, browser, docs, edit, keys, observe, share, ssh, tutorial, vm
 from ussycode.commands.base import Command, CommandContext
 from ussycode.errors import (
     Conflict,
@@ -20,6 +20,7 @@ from ussycode.errors import (
     RuntimeFailure,
     UssycodeError,
 )
+from ussycode.store.history import HistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,15 @@ REGISTRY: dict[str, Command] = {
     command.name: command
     for command in [
         *vm.COMMANDS,
+        *edit.COMMANDS,
+        *observe.COMMANDS,
         *ssh.COMMANDS,
         *share.COMMANDS,
         *account.COMMANDS,
         *browser.COMMANDS,
         *keys.COMMANDS,
+        *docs.COMMANDS,
+        *tutorial.COMMANDS,
     ]
 }
 
@@ -49,9 +54,44 @@ class UnknownCommand(NotFound):
     """The first word of the line names no command."""
 
 
+def edit_distance(first: str, second: str) -> int:
+    """Return the optimal string alignment distance: insertions, deletions, substitutions and
+    swaps of two neighbouring characters each count 1."""
+    previous2: list[int] = []
+    previous = list(range(len(second) + 1))
+    for i, char in enumerate(first, start=1):
+        current = [i] + [0] * len(second)
+        for j, other in enumerate(second, start=1):
+            cost = 0 if char == other else 1
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and char == second[j - 2] and first[i - 2] == other:
+                current[j] = min(current[j], previous2[j - 2] + 1)
+        previous2, previous = previous, current
+    return previous[-1]
+
+
+def closest_command(name: str) -> str | None:
+    """Return the command the user probably meant by `name`, or None if none is close."""
+    prefixed = [command for command in REGISTRY if len(name) >= 2 and command.startswith(name)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    best = min(sorted(REGISTRY), key=lambda command: edit_distance(name, command))
+    limit = 1 if len(name) <= 4 else 2
+    return best if edit_distance(name, best) <= limit else None
+
+
 def find_command(name: str) -> Command:
+    """Return the command `name`.
+
+    :raise UnknownCommand: no command has that name; the message suggests the closest one.
+    """
     command = REGISTRY.get(name)
     if command is None:
+        close = closest_command(name)
+        if close:
+            raise UnknownCommand(
+                f'unknown command "{name}": did you mean "{close}"? Run "help" to list commands'
+            )
         raise UnknownCommand(f'unknown command "{name}": run "help" to list commands')
     return command
 
@@ -88,16 +128,35 @@ def _wants_json(argv: list[str]) -> bool:
 
 
 def _asks_help(command: Command, argv: list[str]) -> bool:
-    """Return whether `argv` is `COMMAND --help` or `COMMAND ACTION --help`.
+    """Return whether `argv` is `COMMAND --help` or `COMMAND ACTION --help`, with or without --json.
 
     Checked before parsing, because a command whose ACTION or arguments are required would
     otherwise fail on the missing argument. A later `-h` is left alone, since `ssh VM ls -h`
     passes it to the VM.
     """
     flags = ("--help", "-h")
-    if len(argv) > 1 and argv[1] in flags:
+    words = [word for word in argv if word != "--json"]
+    if len(words) > 1 and words[1] in flags:
         return True
-    return len(argv) > 2 and argv[1] in command.subcommands and argv[2] in flags
+    return len(words) > 2 and words[1] in command.subcommands and words[2] in flags
+
+
+def _help_action(command: Command, argv: list[str]) -> str | None:
+    """Return the ACTION of `COMMAND ACTION --help`, or None for the command's own help."""
+    words = [word for word in argv if word != "--json"]
+    return words[1] if len(words) > 2 and words[1] in command.subcommands else None
+
+
+def _record_run(ctx: CommandContext, command: Command, argv: list[str], *, succeeded: bool) -> None:
+    """Log the command's name for the tutorial's checks; a store failure does not fail the command."""
+    try:
+        HistoryStore(ctx.services.store).add_run(
+            ctx.user.id,
+            command.permission_name([word for word in argv if word != "--json"]),
+            succeeded=succeeded,
+        )
+    except UssycodeError as exc:
+        log.warning("conn=%s user=%s recording the command failed: %s", ctx.conn_id, ctx.user.handle, exc)
 
 
 async def execute(ctx: CommandContext, argv: list[str]) -> Outcome:
@@ -116,13 +175,18 @@ async def execute(ctx: CommandContext, argv: list[str]) -> Outcome:
             # The parser has exit_on_error=False, so an invalid choice raises instead of calling error().
             raise InvalidInput(f'{command.name}: {exc}; run "{command.name} --help" for usage') from exc
         if args is None or args.help:
+            usage, text = command.help_for(_help_action(command, argv))
             if json_output:
-                usage = {"name": command.name, "summary": command.summary, "usage": command.usage()}
                 return Outcome(0, json.dumps(usage, indent=2) + "\n", "", data=usage)
-            return Outcome(0, command.usage() + "\n", "")
+            return Outcome(0, text + "\n", "")
         json_output = ctx.json_output = bool(args.json)
         log.info("conn=%s user=%s command=%s", ctx.conn_id, ctx.user.handle, command.name)
-        result = await command.handler(ctx, args)
+        try:
+            result = await command.handler(ctx, args)
+        except UssycodeError:
+            _record_run(ctx, command, argv, succeeded=False)
+            raise
+        _record_run(ctx, command, argv, succeeded=True)
     except UssycodeError as exc:
         log.info("conn=%s user=%s command failed: %s", ctx.conn_id, ctx.user.handle, exc.message)
         stdout = ""

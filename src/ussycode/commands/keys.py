@@ -41,6 +41,9 @@ def _ssh_key_arguments(parser: ArgumentParser) -> None:
     add.add_argument("--name", default="", help="a label for the key")
     remove = add_subcommand(actions, "remove", "remove a key (not your last one)")
     remove.add_argument("key", metavar="NAME|FINGERPRINT", help="the key's name or SHA256 fingerprint")
+    rename = add_subcommand(actions, "rename", "change the name of a key")
+    rename.add_argument("key", metavar="OLD", help="the key's name or SHA256 fingerprint")
+    rename.add_argument("new_name", metavar="NEW", help="its new name, up to 64 characters")
     generate = add_subcommand(actions, "generate-api-key", "mint an API key; prints a usy1 token once")
     generate.add_argument("--label", default="", help="a label shown by api-key list")
     generate.add_argument("--vm", help="scope the key to one VM's private URL")
@@ -84,7 +87,34 @@ async def ssh_key(ctx: CommandContext, args: argparse.Namespace) -> CommandResul
         return CommandResult(
             {"removed": removed}, f"removed {', '.join(removed)}; tokens it signed stop working"
         )
+    if args.action == "rename":
+        return _rename_key(ctx, args)
     return await _generate_api_key(ctx, args)
+
+
+MAX_KEY_NAME_CHARS = 64
+
+
+def _rename_key(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
+    store = ctx.services.store
+    keys = store.list_keys(ctx.user.id)
+    matches = [k for k in keys if args.key in (k.fingerprint, k.name)]
+    if not matches:
+        raise NotFound(f'no key named "{args.key}": run "ssh-key list"')
+    if len(matches) > 1:
+        raise Conflict(f'{len(matches)} keys are named "{args.key}": rename one by its fingerprint')
+    name = args.new_name.strip()
+    if not name or len(name) > MAX_KEY_NAME_CHARS or not name.isprintable():
+        raise InvalidInput(
+            f"invalid key name {args.new_name!r}: use 1 to {MAX_KEY_NAME_CHARS} printable characters"
+        )
+    if any(k.name == name and k.id != matches[0].id for k in keys):
+        raise Conflict(f'you already have a key named "{name}": choose another name')
+    store.rename_key(matches[0].id, name)
+    key = matches[0]
+    return CommandResult(
+        {"fingerprint": key.fingerprint, "name": name}, f'key {key.fingerprint} is now named "{name}"'
+    )
 
 
 async def _generate_api_key(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
@@ -192,15 +222,16 @@ async def token(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
 COMMANDS = [
     Command(
         "ssh-key",
-        "List, add or remove your SSH keys, or mint an API key.",
+        "List, add, remove or rename your SSH keys, or mint an API key.",
         ssh_key,
         group="account",
         arguments=_ssh_key_arguments,
-        subcommands=("list", "add", "remove", "generate-api-key"),
+        subcommands=("list", "add", "remove", "rename", "generate-api-key"),
         examples=[
             "ssh-key list",
             'ssh-key add "ssh-ed25519 AAAA… laptop" --name laptop',
             "ssh-key remove laptop",
+            "ssh-key rename laptop work-laptop",
             "ssh-key generate-api-key --label ci --cmds ls,new --exp 30d",
         ],
     ),

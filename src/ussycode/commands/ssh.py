@@ -1,4 +1,9 @@
-"""The `ssh VM COMMAND…` command: run one command inside a VM and return its output."""
+"""The `ssh VM [COMMAND…]` command: a shell or command inside a VM.
+
+On a terminal that can attach (the REPL, or exec mode with a PTY) the session runs on the user's
+terminal, as `ssh VM@host` would. Elsewhere (exec mode without a PTY, `/exec`, `--json`) the
+command runs to its end and its output and exit status are returned.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,8 @@ import shlex
 
 import asyncssh
 
-from ussycode.commands.base import ArgumentParser, Command, CommandContext, CommandResult
+from ussycode.auth.access import vm_for_ssh
+from ussycode.commands.base import ArgumentParser, AttachTerminal, Command, CommandContext, CommandResult
 from ussycode.errors import Conflict, InvalidInput, RuntimeFailure
 from ussycode.vm.state import VMState
 
@@ -22,7 +28,10 @@ MAX_OUTPUT_BYTES = 1024 * 1024
 def _arguments(parser: ArgumentParser) -> None:
     parser.add_argument("name", metavar="VM", help="VM name")
     parser.add_argument(
-        "command", nargs=argparse.REMAINDER, metavar="COMMAND", help="command to run in the VM"
+        "command",
+        nargs=argparse.REMAINDER,
+        metavar="COMMAND",
+        help="command to run in the VM (default: a login shell, on a terminal only)",
     )
 
 
@@ -36,13 +45,28 @@ def _text(output: bytes | str | None) -> str:
 
 async def ssh(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     manager = ctx.services.manager
-    vm = manager.get_owned(ctx.user, args.name)
-    if not args.command:
+    vm = vm_for_ssh(ctx.services.store, ctx.user, args.name)
+    terminal = ctx.terminal
+    attach = isinstance(terminal, AttachTerminal) and terminal.can_attach and not ctx.json_output
+    if not args.command and not attach:
         login = ctx.services.config.ssh_command(vm.name)
         raise InvalidInput(f'ssh needs a command here; for an interactive shell run "{login}"')
     if vm.state != VMState.RUNNING:
         raise Conflict(f'vm "{vm.name}" is {vm.state}: run "start {vm.name}" first')
-    command = shlex.join(args.command) if len(args.command) > 1 else args.command[0]
+    command = None
+    if args.command:
+        command = shlex.join(args.command) if len(args.command) > 1 else args.command[0]
+    if attach:
+        assert isinstance(terminal, AttachTerminal)
+
+        async def connect(agent_path: str | None) -> asyncssh.SSHClientConnection:
+            return await manager.connect_guest(vm, agent_path=agent_path)
+
+        status = await terminal.attach(connect, command)
+        log.info("conn=%s vm=%s attached session exited with %d", ctx.conn_id, vm.name, status)
+        data = {"vm": vm.name, "command": command or "", "exit_status": status, "stdout": "", "stderr": ""}
+        return CommandResult(data, "", exit_status=status)
+    assert command is not None
     conn = await manager.connect_guest(vm)
     try:
         async with conn:
@@ -64,10 +88,10 @@ async def ssh(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
 COMMANDS = [
     Command(
         "ssh",
-        "Run a command inside a VM and print its output.",
+        "Open a shell in a VM, or run a command in it and print its output.",
         ssh,
         group="vms",
         arguments=_arguments,
-        examples=["ssh mild-owl uname -a", "ssh mild-owl 'cd app && git pull'"],
+        examples=["ssh mild-owl", "ssh mild-owl uname -a", "ssh mild-owl 'cd app && git pull'"],
     ),
 ]

@@ -17,6 +17,7 @@ from ussycode.auth.access import vm_for_ssh
 from ussycode.commands.base import Services
 from ussycode.errors import Conflict, InvalidInput, RuntimeFailure, UssycodeError
 from ussycode.names import ADJECTIVES, NOUNS, check_handle
+from ussycode.ssh.forwarding import GuestForwarder, StreamHandler
 from ussycode.ssh.keys import fingerprint, public_key_line
 from ussycode.ssh.lobby import LobbySession
 from ussycode.ssh.proxy import VMProxySession
@@ -41,6 +42,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.pending_key: asyncssh.SSHKey | None = None
         self.peer = "?"
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._forwarder: GuestForwarder | None = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -49,6 +51,8 @@ class GatewayConnection(asyncssh.SSHServer):
         log.info("conn=%s connected from %s", self.conn_id, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._forwarder is not None:
+            self._forwarder.close()
         handle = self.user.handle if self.user else "-"
         log.info("conn=%s user=%s disconnected%s", self.conn_id, handle, f": {exc}" if exc else "")
 
@@ -88,12 +92,31 @@ class GatewayConnection(asyncssh.SSHServer):
         channel: asyncssh.SSHServerChannel[bytes] = self._conn.create_server_channel(encoding=None)
         vm = self.services.store.find_vm(self.username)
         if vm is not None and self.user is not None:
-            return channel, VMProxySession(vm.name, self._connect_vm, self.conn_id)
+
+            async def connect() -> asyncssh.SSHClientConnection:
+                # The agent socket exists once the client asked for agent forwarding (ssh -A),
+                # which it does before its shell or exec request.
+                return await self._connect_vm(agent_path=channel.get_agent_path())
+
+            return channel, VMProxySession(vm.name, connect, self.conn_id)
         return channel, LobbySession(self.services, self._resolve_user, self.conn_id)
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> StreamHandler:
+        """Relay `ssh -L` channels of a VM login to the destination inside the VM."""
+        if self.user is None or self.services.store.find_vm(self.username) is None:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"port forwarding works with VM logins: {self.services.config.ssh_command('VM')} -L …",
+            )
+        if self._forwarder is None:
+            self._forwarder = GuestForwarder(self._connect_vm, self.username, self.conn_id)
+        return self._forwarder.handler(dest_host, dest_port)
 
     # VM sessions.
 
-    async def _connect_vm(self) -> asyncssh.SSHClientConnection:
+    async def _connect_vm(self, agent_path: str | None = None) -> asyncssh.SSHClientConnection:
         manager = self.services.manager
         assert self.user is not None
         vm = vm_for_ssh(self.services.store, self.user, self.username)
@@ -106,7 +129,7 @@ class GatewayConnection(asyncssh.SSHServer):
             )
             raise Conflict(f'vm "{vm.name}" is {vm.state}: {hint}')
         try:
-            return await manager.connect_guest(vm)
+            return await manager.connect_guest(vm, agent_path=agent_path)
         except RuntimeFailure as exc:
             log.warning("conn=%s vm=%s guest connection failed: %s", self.conn_id, vm.name, exc)
             raise RuntimeFailure(f'vm "{vm.name}" is not reachable right now; try again shortly') from exc
@@ -187,7 +210,9 @@ class Gateway:
                 line_editor=False,
                 encoding=None,
                 allow_scp=False,
-                agent_forwarding=False,
+                # Only VM logins and `ssh VM` in the REPL use the forwarded agent, passing it on
+                # into the VM; the gateway never uses it to log in anywhere.
+                agent_forwarding=True,
                 x11_forwarding=False,
                 login_timeout=60,
                 keepalive_interval=30,

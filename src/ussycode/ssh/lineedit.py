@@ -3,11 +3,15 @@
 It consumes raw bytes from an SSH channel with a PTY and returns what to echo and which lines
 were completed. Supported keys: printable text, Backspace, Delete, Left/Right, Home/End,
 Up/Down (history), Ctrl-A/E (start/end), Ctrl-B/F (left/right), Ctrl-U/K (kill to start/end),
-Ctrl-W (kill word), Ctrl-L (redraw), Ctrl-C (cancel line), Ctrl-D (end of input on an empty line).
+Ctrl-W (kill word), Ctrl-L (redraw), Ctrl-C (cancel line), Ctrl-D (end of input on an empty line),
+Tab (completion through `completer`: one candidate is inserted, several are extended to their
+common prefix or, if that adds nothing, listed below the line).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -24,13 +28,24 @@ class Event:
     text: str = ""
 
 
+# Returns where the word to complete starts in the given text (the line up to the cursor), and
+# the candidates for it.
+Completer = Callable[[str], tuple[int, Sequence[str]]]
+
+
 @dataclass
 class LineEditor:
-    """Line editing state for one terminal; `feed` returns bytes to echo and completed events."""
+    """Line editing state for one terminal; `feed` returns bytes to echo and completed events.
+
+    `width` is the terminal's width in columns, used to lay out completion lists.
+    """
 
     prompt: str = ""
     history: list[str] = field(default_factory=list)
     max_history: int = 500
+    completer: Completer | None = None
+    width: int = 80
+    _record: bool = True
     _buffer: list[str] = field(default_factory=list)
     _cursor: int = 0
     _history_index: int | None = None
@@ -38,9 +53,13 @@ class LineEditor:
     _pending: bytes = b""
     _escape: str = ""
 
-    def start(self, prompt: str) -> bytes:
-        """Begin a new line with `prompt` and return the bytes that draw it."""
+    def start(self, prompt: str, *, record: bool = True) -> bytes:
+        """Begin a new line with `prompt` and return the bytes that draw it.
+
+        With `record` False the line is not added to the history (answers to questions).
+        """
         self.prompt = prompt
+        self._record = record
         self._buffer = []
         self._cursor = 0
         self._history_index = None
@@ -63,7 +82,7 @@ class LineEditor:
 
     def _finish(self) -> Event:
         text = self.line
-        if text.strip() and (not self.history or self.history[-1] != text):
+        if self._record and text.strip() and (not self.history or self.history[-1] != text):
             self.history.append(text)
             del self.history[: -self.max_history]
         self._buffer, self._cursor, self._history_index = [], 0, None
@@ -96,6 +115,37 @@ class LineEditor:
         del self._buffer[start : self._cursor]
         self._cursor = start
         return self._redraw()
+
+    def _complete(self) -> bytes:
+        if self.completer is None:
+            return b"\a"
+        before = "".join(self._buffer[: self._cursor])
+        start, candidates = self.completer(before)
+        word = before[start:]
+        if not candidates:
+            return b"\a"
+        if len(candidates) == 1:
+            return self._insert(candidates[0][len(word) :] + " ")
+        # commonprefix compares strings character by character, which is what is needed here.
+        common = os.path.commonprefix(list(candidates))  # noqa: RUF071
+        if len(common) > len(word):
+            return self._insert(common[len(word) :])
+        return self._list(candidates)
+
+    def _insert(self, text: str) -> bytes:
+        self._buffer[self._cursor : self._cursor] = list(text)
+        self._cursor += len(text)
+        return self._redraw()
+
+    def _list(self, candidates: Sequence[str]) -> bytes:
+        """Print the candidates in columns below the line, then draw the line again."""
+        column = max(len(candidate) for candidate in candidates) + 2
+        per_row = max(1, self.width // column)
+        rows = [
+            "".join(candidate.ljust(column) for candidate in candidates[index : index + per_row]).rstrip()
+            for index in range(0, len(candidates), per_row)
+        ]
+        return ("\r\n" + "\r\n".join(rows) + "\r\n").encode() + self._redraw()
 
     def _escape_sequence(self, sequence: str) -> bytes:
         actions = {
@@ -186,7 +236,7 @@ class LineEditor:
             elif char == "\x0c":
                 output += b"\x1b[H\x1b[2J" + self._redraw()
             elif char == "\t":
-                continue
+                output += self._complete()
             elif char.isprintable():
                 self._buffer.insert(self._cursor, char)
                 self._cursor += 1

@@ -136,6 +136,9 @@ class Store:
             (user_id, fingerprint, public_key, name, utc_now()),
         )
 
+    def rename_key(self, key_id: int, name: str) -> None:
+        self.execute("UPDATE ssh_keys SET name = ? WHERE id = ?", (name, key_id))
+
     def delete_key(self, key_id: int) -> None:
         self.execute("DELETE FROM ssh_keys WHERE id = ?", (key_id,))
 

@@ -5,11 +5,12 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 # chromium drives the browser login test and zbar-tools (zbarimg) reads back the QR code that
-# `browser --qr` draws; neither is needed to run the platform.
+# `browser --qr` draws; tmux is the terminal the REPL tests type into, and rsync and git are
+# tested over SSH into a VM. None of them is needed to run the platform.
 PACKAGES=(
   qemu-system-x86 qemu-utils caddy mmdebstrap nftables iproute2 openssh-client e2fsprogs
   ca-certificates curl python3 python3-venv sqlite3 procps
-  chromium zbar-tools
+  chromium zbar-tools tmux rsync git
 )
 
 if [ "$(id -u)" -ne 0 ]; then

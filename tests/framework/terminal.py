@@ -38,10 +38,22 @@ class Terminal:
     """One tmux window of `width` x `height` running `argv`."""
 
     def __init__(
-        self, ns: NetNS, workdir: Path, argv: Sequence[str], *, width: int = 100, height: int = 40
+        self,
+        ns: NetNS,
+        workdir: Path,
+        argv: Sequence[str],
+        *,
+        width: int = 100,
+        height: int = 40,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.socket = workdir / f"tmux-{os.getpid()}-{time.monotonic_ns()}.sock"
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TERM": "xterm-256color", "HOME": str(workdir)}
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "TERM": "xterm-256color",
+            "HOME": str(workdir),
+            **(env or {}),
+        }
         command = shlex.join(argv) + "; echo '[exited '$?']'; sleep 600"
         ns.run(
             [

@@ -88,11 +88,14 @@ def _missing_vm(lesson: LessonContext) -> Check:
 
 
 async def _check_created(lesson: LessonContext) -> Check:
+    """Pass once the user has a running VM; the newest one that is not a copy becomes the tutorial's."""
     vms = lesson.ctx.services.store.list_vms(owner_id=lesson.ctx.user.id)
     running = [vm for vm in vms if vm.state == VMState.RUNNING]
     if not running:
         return Check(False, 'you have no running VM yet: run "new"')
-    lesson.progress.context["vm_id"] = running[-1].id
+    details = lesson.ctx.services.manager.details
+    originals = [vm for vm in running if details.get(vm.id).copied_from is None]
+    lesson.progress.context["vm_id"] = (originals or running)[-1].id
     return Check(True)
 
 

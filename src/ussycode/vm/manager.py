@@ -336,7 +336,8 @@ class VMManager:
                 comment=source_details.comment,
                 tags=source_details.tags if copy_tags else (),
                 env=source_details.env,
-                setup_script=source_details.setup_script,
+                # The disk is copied after the source ran its setup script, and the guest runs
+                # it at most once per disk, so the copy has none of its own.
                 copied_from=source.name,
             )
         self.store.add_event(vm.id, vm.name, owner.id, "created", f"copy of {source.name} ip={ip}")

@@ -124,6 +124,33 @@ def _check_dns(text: str) -> tuple[str, ...]:
     return servers
 
 
+def _check_fingerprints(text: str) -> tuple[str, ...]:
+    prints = tuple(part.strip() for part in text.split(",") if part.strip())
+    for item in prints:
+        if not re.fullmatch(r"SHA256:[A-Za-z0-9+/]{43}", item):
+            raise ValueError(
+                f"not an SSH key fingerprint: {item!r}; expected SHA256:... as ssh-keygen -l prints"
+            )
+    return prints
+
+
+def _check_yes_no(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("yes", "true", "1", "on"):
+        return True
+    if lowered in ("no", "false", "0", "off", ""):
+        return False
+    raise ValueError("expected yes or no")
+
+
+def _check_url(text: str) -> str:
+    if text and not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", text):
+        raise ValueError(
+            "expected an http:// or https:// URL without query, such as https://routussy.example"
+        )
+    return text.rstrip("/")
+
+
 def _check_level(text: str) -> str:
     upper = text.upper()
     if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -246,7 +273,79 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("caddy_bin", "caddy", "path of the Caddy binary"),
     Setting("qemu_bin", "qemu-system-x86_64", "path of the QEMU binary"),
     Setting("log_level", "info", "log level: debug, info, warning or error", _check_level),
+    Setting(
+        "admission",
+        "open",
+        "who may register an unknown SSH key: open (anyone), routussy (keys Routussy approved)"
+        " or invite (keys an admin added or that came with an invitation)",
+        _check_choice("open", "routussy", "invite"),
+    ),
+    Setting("routussy_url", "", "base URL of Routussy, for --admission routussy", _check_url),
+    Setting(
+        "routussy_internal_key",
+        "",
+        "bearer token for Routussy's authorized-keys endpoint (a secret: never logged)",
+    ),
+    Setting(
+        "routussy_cache_seconds",
+        "60",
+        "seconds a list of approved keys from Routussy is used before it is fetched again",
+        _check_non_negative_float,
+    ),
+    Setting(
+        "trust_tailscale",
+        "no",
+        "yes: admit unknown keys from the Tailscale range 100.64.0.0/10 without Routussy or an invitation",
+        _check_yes_no,
+    ),
+    Setting(
+        "admins",
+        "",
+        "comma-separated SSH key fingerprints (SHA256:...) whose users are admins",
+        _check_fingerprints,
+    ),
+    Setting(
+        "default_tier",
+        "newbie",
+        "trust tier of new users: newbie, citizen, operator or admin",
+        _check_choice("newbie", "citizen", "operator", "admin"),
+    ),
+    Setting(
+        "tier_newbie",
+        "vms=2,cpus=1,memory=2G,disk=20G,running=1",
+        "limits of the newbie tier: vms, cpus and memory per VM, total disk, running VMs",
+    ),
+    Setting(
+        "tier_citizen",
+        "vms=5,cpus=2,memory=4G,disk=100G,running=3",
+        "limits of the citizen tier (same keys as --tier-newbie)",
+    ),
+    Setting(
+        "tier_operator",
+        "vms=20,cpus=4,memory=8G,disk=500G,running=10",
+        "limits of the operator tier (same keys as --tier-newbie)",
+    ),
+    Setting(
+        "tier_admin",
+        "vms=100,cpus=8,memory=16G,disk=2T,running=50",
+        "limits of the admin tier (same keys as --tier-newbie)",
+    ),
+    Setting(
+        "auth_failures",
+        "10",
+        "failed SSH logins per source address per minute before that address is refused for a minute",
+        _check_positive_int,
+    ),
+    Setting(
+        "admin_addr",
+        "127.0.0.1:9091",
+        "listen address of the admin panel (also served at https://<domain>/admin/), HOST:PORT or :PORT",
+        parse_addr,
+    ),
 )
+
+# Settings whose values are never shown or logged.
+SECRET_SETTINGS = frozenset({"routussy_internal_key"})
 
 _LOCAL_SUFFIXES = ("localhost", "local", "test", "internal", "home.arpa")
 
@@ -284,6 +383,19 @@ class Config:
     caddy_bin: str
     qemu_bin: str
     log_level: str
+    admission: str = "open"
+    routussy_url: str = ""
+    routussy_internal_key: str = field(default="", repr=False)
+    routussy_cache_seconds: float = 60.0
+    trust_tailscale: bool = False
+    admins: tuple[str, ...] = ()
+    default_tier: str = "newbie"
+    tier_newbie: str = "vms=2,cpus=1,memory=2G,disk=20G,running=1"
+    tier_citizen: str = "vms=5,cpus=2,memory=4G,disk=100G,running=3"
+    tier_operator: str = "vms=20,cpus=4,memory=8G,disk=500G,running=10"
+    tier_admin: str = "vms=100,cpus=8,memory=16G,disk=2T,running=50"
+    auth_failures: int = 10
+    admin_addr: tuple[str, int] = ("127.0.0.1", 9091)
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -312,8 +424,17 @@ class Config:
         return f"ssh -p {port} {target}" if port != 22 else f"ssh {target}"
 
     def public_dict(self) -> dict[str, Any]:
-        """Settings in effect, as strings, for logs and diagnostics (no secrets are settings yet)."""
-        return {f.name: str(getattr(self, f.name)) for f in fields(self) if f.name != "sources"}
+        """Settings in effect, as strings, for logs and diagnostics; a secret shows only if it is set."""
+        shown: dict[str, Any] = {}
+        for item in fields(self):
+            if item.name == "sources":
+                continue
+            value = getattr(self, item.name)
+            if item.name in SECRET_SETTINGS:
+                shown[item.name] = "(set)" if value else "(not set)"
+            else:
+                shown[item.name] = str(value)
+        return shown
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -410,4 +531,22 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         raise ConfigError(
             f"invalid --bridge (USSYCODE_BRIDGE): {bridge!r}: use 1 to 12 letters, digits, - or _"
         )
+    if checked["admission"] == "routussy" and not (
+        checked["routussy_url"] and checked["routussy_internal_key"]
+    ):
+        raise ConfigError(
+            "--admission routussy needs --routussy-url (USSYCODE_ROUTUSSY_URL) and"
+            " USSYCODE_ROUTUSSY_INTERNAL_KEY"
+        )
+    from ussycode.auth.tiers import parse_tier_limits
+
+    for tier in ("newbie", "citizen", "operator", "admin"):
+        name = f"tier_{tier}"
+        try:
+            parse_tier_limits(checked[name])
+        except ValueError as exc:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"invalid {flag} ({ENV_PREFIX}{name.upper()}, from {sources[name]}): {checked[name]!r}: {exc}"
+            ) from exc
     return Config(**checked, sources=sources)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ussycode import quota
 from ussycode.auth.audit import Action
 from ussycode.commands.base import (
     ArgumentParser,
@@ -50,6 +51,8 @@ async def whoami(ctx: CommandContext, args: argparse.Namespace) -> CommandResult
         "ssh_keys": [{"fingerprint": k.fingerprint, "name": k.name} for k in keys],
         "vms": vm_count,
     }
+    trust_data, trust_lines = quota.describe(store, ctx.services.config, ctx.user)
+    data.update(trust_data)
     lines = [
         f"handle:   {ctx.user.handle}",
         f"email:    {_email_text(address)}",
@@ -57,6 +60,7 @@ async def whoami(ctx: CommandContext, args: argparse.Namespace) -> CommandResult
         f"vms:      {vm_count}",
         "ssh keys:",
         *[f"  {k.fingerprint}  {k.name}".rstrip() for k in keys],
+        *trust_lines,
     ]
     return CommandResult(data, "\n".join(lines))
 
@@ -147,7 +151,13 @@ async def exit_command(ctx: CommandContext, args: argparse.Namespace) -> Command
 
 
 COMMANDS = [
-    Command("whoami", "Show your handle, email and SSH keys.", whoami, group="account", examples=["whoami"]),
+    Command(
+        "whoami",
+        "Show your handle, email, SSH keys, trust tier, limits and use.",
+        whoami,
+        group="account",
+        examples=["whoami"],
+    ),
     Command(
         "email",
         "Show, set or clear your email address.",

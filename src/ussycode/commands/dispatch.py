@@ -9,7 +9,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ussycode.commands import account, browser, docs, edit, keys, observe, share, ssh, tutorial, vm
+from ussycode.commands import account, admin, browser, docs, edit, keys, observe, share, ssh, tutorial, vm
 from ussycode.commands.base import Command, CommandContext
 from ussycode.errors import (
     Conflict,
@@ -33,6 +33,7 @@ REGISTRY: dict[str, Command] = {
         *ssh.COMMANDS,
         *share.COMMANDS,
         *account.COMMANDS,
+        *admin.COMMANDS,
         *browser.COMMANDS,
         *keys.COMMANDS,
         *docs.COMMANDS,

@@ -14,6 +14,7 @@ import secrets
 import asyncssh
 
 from ussycode.auth.access import vm_for_ssh
+from ussycode.auth.admission import INVITE_PREFIX, Admission, Admitted, Refused
 from ussycode.commands.base import Services
 from ussycode.errors import Conflict, InvalidInput, RuntimeFailure, UssycodeError
 from ussycode.names import ADJECTIVES, NOUNS, check_handle
@@ -34,8 +35,12 @@ MAX_HANDLE_ATTEMPTS = 3
 class GatewayConnection(asyncssh.SSHServer):
     """Per-connection authentication and session routing."""
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, admission: Admission | None = None) -> None:
         self.services = services
+        self.admission = admission or Admission(services.config, services.store)
+        self.admitted: Admitted | None = None
+        self.peer_host = "?"
+        self._banners: set[str] = set()
         self.conn_id = f"c{next(_conn_ids)}"
         self.username = ""
         self.user: User | None = None
@@ -48,6 +53,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self._conn = conn
         peer = conn.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer_host = str(peer[0]) if peer else "?"
         log.info("conn=%s connected from %s", self.conn_id, self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -69,17 +75,35 @@ class GatewayConnection(asyncssh.SSHServer):
     def public_key_auth_supported(self) -> bool:
         return True
 
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        store = self.services.store
-        user = store.find_user_by_fingerprint(fingerprint(key))
-        if user is not None:
-            self.user, self.pending_key = user, None
-            return True
-        if store.find_vm(username) is not None:
-            log.info("conn=%s unknown key %s refused for vm login", self.conn_id, fingerprint(key))
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        outcome = await self.admission.decide(
+            login=username,
+            fingerprint=fingerprint(key),
+            peer=self.peer_host,
+            vm_login=self.services.store.find_vm(username) is not None,
+            conn_id=self.conn_id,
+        )
+        if isinstance(outcome, Refused):
+            self._send_banner(outcome.message)
             return False
-        self.pending_key = key
+        if outcome.user is not None:
+            self.user, self.pending_key = outcome.user, None
+            return True
+        self.pending_key, self.admitted = key, outcome
+        if username.startswith(INVITE_PREFIX):
+            # The login name carries the invitation's token: it must not become a handle.
+            self.username = ""
         return True
+
+    def _send_banner(self, message: str) -> None:
+        """Show `message` to the client before its login fails; OpenSSH prints it unless run with -q."""
+        if self._conn is None or message in self._banners:
+            return
+        self._banners.add(message)
+        try:
+            self._conn.send_auth_banner(f"ussycode: {message}\r\n")
+        except (OSError, asyncssh.Error) as exc:
+            log.debug("conn=%s auth banner not sent: %s", self.conn_id, exc)
 
     def auth_completed(self) -> None:
         handle = self.user.handle if self.user else "(new user)"
@@ -149,6 +173,7 @@ class GatewayConnection(asyncssh.SSHServer):
             handle = self._generate_handle()
         user = self.services.store.create_user(handle, fingerprint(key), public_key_line(key), "first key")
         self.user, self.pending_key = user, None
+        self.admission.registered(user, self.admitted, peer=self.peer_host)
         log.info("conn=%s user=%s registered key %s", self.conn_id, handle, fingerprint(key))
         if asks:
             session.write(f"Registered as {handle}. Your SSH key is your login from now on.\n")
@@ -197,13 +222,14 @@ class Gateway:
     def __init__(self, services: Services, host_key: asyncssh.SSHKey) -> None:
         self.services = services
         self.host_key = host_key
+        self.admission = Admission(services.config, services.store)
         self._server: asyncssh.SSHAcceptor | None = None
 
     async def start(self) -> None:
         host, port = self.services.config.ssh_addr
         try:
             self._server = await asyncssh.create_server(
-                lambda: GatewayConnection(self.services),
+                lambda: GatewayConnection(self.services, self.admission),
                 host or None,
                 port,
                 server_host_keys=[self.host_key],

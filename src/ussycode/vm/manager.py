@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 import asyncssh
 
+from ussycode import quota
 from ussycode.config import Config, format_size
 from ussycode.errors import Conflict, InvalidInput, NotFound, RuntimeFailure, UssycodeError
 from ussycode.names import check_vm_name, generate_name
@@ -191,6 +192,14 @@ class VMManager:
                 f" choose at least {minimum}"
             )
         async with self._create_lock:
+            quota.check_new(
+                self.store,
+                self.config,
+                owner,
+                cpus=options.cpus or self.config.vm_cpus,
+                memory_mb=options.memory_mb or self.config.vm_memory // (1024 * 1024),
+                disk_bytes=disk_bytes,
+            )
             if name is None:
                 name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
             check_vm_name(name)
@@ -241,6 +250,7 @@ class VMManager:
             if vm.state == VMState.RUNNING:
                 raise Conflict(f'vm "{vm.name}" is already running')
             check_transition(vm.name, vm.state, VMState.STARTING)
+            self._check_start(vm)
             try:
                 return await self._boot(vm, progress)
             except (UssycodeError, asyncio.CancelledError):
@@ -263,6 +273,8 @@ class VMManager:
                 check_transition(vm.name, vm.state, VMState.STOPPING)
                 progress("shutting down the guest")
                 vm = await self._halt(vm)
+            else:
+                self._check_start(vm)
             try:
                 return await self._boot(vm, progress)
             except (UssycodeError, asyncio.CancelledError):
@@ -284,6 +296,12 @@ class VMManager:
         async with self._layers_lock:
             disk_paths = [self.disk_path(vm) for vm in self.store.list_vms()]
             snapshots.remove_unused_layers(self.layers_dir, disk_paths)
+
+    def _check_start(self, vm: VM) -> None:
+        """Check the owner's limits for booting a stopped VM, with its pending resize."""
+        details = self.details.get(vm.id)
+        cpus, memory_mb = details.pending_cpus or vm.cpus, details.pending_memory_mb or vm.memory_mb
+        quota.check_start(self.store, self.config, vm, cpus=cpus, memory_mb=memory_mb)
 
     # Changes to an existing VM.
 
@@ -313,6 +331,14 @@ class VMManager:
             )
         source_details = self.details.get(source.id)
         async with self._create_lock:
+            quota.check_new(
+                self.store,
+                self.config,
+                owner,
+                cpus=source.cpus,
+                memory_mb=source.memory_mb,
+                disk_bytes=disk_bytes or source.disk_bytes,
+            )
             if name is None:
                 name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
             check_vm_name(name)
@@ -426,6 +452,9 @@ class VMManager:
             new_disk = disk_bytes if disk_bytes is not None else vm.disk_bytes
             if (new_cpus, new_memory, new_disk) == (current_cpus, current_memory, vm.disk_bytes):
                 raise InvalidInput(f'vm "{vm.name}" already has these resources: nothing to change')
+            quota.check_resize(
+                self.store, self.config, vm, cpus=new_cpus, memory_mb=new_memory, disk_bytes=new_disk
+            )
 
             spec = self.spec(vm)
             running = self.runtime.pid(spec) is not None

@@ -8,9 +8,11 @@ import logging
 import os
 import signal
 
+from ussycode.api.admin_panel import AdminPanel
 from ussycode.api.exec import ExecEndpoint
 from ussycode.api.server import APIServer
 from ussycode.auth.api_tokens import TokenVerifier
+from ussycode.auth.audit import DeniedRequestLog
 from ussycode.auth.ratelimit import RateLimiter
 from ussycode.commands.base import Services
 from ussycode.config import Config
@@ -21,6 +23,7 @@ from ussycode.proxy.routes import CaddyRoutes
 from ussycode.ssh.gateway import Gateway
 from ussycode.ssh.keys import load_or_create_key, public_key_line
 from ussycode.store import Store
+from ussycode.store.audit import AuditLog
 from ussycode.vm.image import find_image, list_images
 from ussycode.vm.kvm import probe_kvm
 from ussycode.vm.manager import VMManager
@@ -122,7 +125,15 @@ async def serve(config: Config) -> None:
     )
     verifier = TokenVerifier(store, config.domain)
     limiter = RateLimiter(config.api_rate, 2 * config.api_rate)
-    api = APIServer(config=config, store=store, exec_endpoint=ExecEndpoint(services, verifier, limiter))
+    denied = DeniedRequestLog(AuditLog(store))
+    admin_panel = AdminPanel(config=config, store=store, manager=manager, denied=denied)
+    api = APIServer(
+        config=config,
+        store=store,
+        exec_endpoint=ExecEndpoint(services, verifier, limiter),
+        admin_panel=admin_panel,
+        denied=denied,
+    )
     gateway = Gateway(services, host_key)
 
     stop_event = asyncio.Event()
@@ -134,6 +145,7 @@ async def serve(config: Config) -> None:
     try:
         await metadata.start()
         await api.start()
+        await admin_panel.start()
         await caddy.start([routes.route(vm) for vm in store.list_vms()])
         await manager.reconcile()
         await gateway.start()
@@ -156,6 +168,7 @@ async def serve(config: Config) -> None:
         await manager.close()
         with contextlib.suppress(RuntimeFailure):
             await caddy.stop()
+        await admin_panel.stop()
         await api.stop()
         await metadata.stop()
         store.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ussycode.api.admin_panel import AdminPanel
 from ussycode.api.browser_login import BrowserLogin
 from ussycode.api.exec import ExecEndpoint
 from ussycode.api.forward_auth import ForwardAuth
@@ -26,11 +27,20 @@ log = logging.getLogger(__name__)
 
 
 class APIServer:
-    def __init__(self, *, config: Config, store: Store, exec_endpoint: ExecEndpoint | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        store: Store,
+        exec_endpoint: ExecEndpoint | None = None,
+        admin_panel: AdminPanel | None = None,
+        denied: DeniedRequestLog | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.exec_endpoint = exec_endpoint
-        denied = DeniedRequestLog(AuditLog(store))
+        self.admin_panel = admin_panel
+        denied = denied or DeniedRequestLog(AuditLog(store))
         self.forward_auth = ForwardAuth(config=config, store=store, denied=denied)
         self.browser_login = BrowserLogin(config=config, store=store, denied=denied)
         self._runner: web.AppRunner | None = None
@@ -45,6 +55,8 @@ class APIServer:
         self.browser_login.add_routes(app)
         if self.exec_endpoint is not None:
             app.router.add_route("*", "/exec", self.exec_endpoint.handle)
+        if self.admin_panel is not None:
+            self.admin_panel.add_routes(app)
         return app
 
     async def start(self) -> None:

@@ -47,7 +47,10 @@ def test_route_public_skips_api() -> None:
 def test_route_strips_identity_first() -> None:
     route = build_vm_route(VMRoute("mild-owl", None, "stopped", "", public=True), SETTINGS)
     keep_token, strip = steps(route)[0]["handle"]
-    assert keep_token == {"handler": "vars", "ussycode_bearer": "{http.request.header.X-Ussycode-Authorization}"}
+    assert keep_token == {
+        "handler": "vars",
+        "ussycode_bearer": "{http.request.header.X-Ussycode-Authorization}",
+    }
     assert strip == {"handler": "headers", "request": {"delete": ["X-Ussycode-*"]}}
 
 

@@ -7,9 +7,12 @@ vms = client.exec("ls").data
 
 from __future__ import annotations
 
+import http.client
 import json
+import socket
 import ssl
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +40,31 @@ class ExecResult:
     exit_status: int | None
 
 
+class _LoopbackHTTPSHandler(urllib.request.HTTPSHandler):
+    """Connects `*.localhost` hosts to 127.0.0.1, as curl and browsers do, keeping SNI and Host.
+
+    glibc on Debian does not resolve names under localhost, and the default domain is one.
+    """
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        super().__init__(context=context)
+        self.context = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        context = self.context
+
+        class Connection(http.client.HTTPSConnection):
+            def connect(self) -> None:
+                sock = socket.create_connection(("127.0.0.1", self.port or 443), self.timeout)
+                self.sock = context.wrap_socket(sock, server_hostname=self.host)
+
+        return self.do_open(Connection, req)
+
+
+def _is_loopback_name(host: str) -> bool:
+    return host == "localhost" or host.endswith(".localhost")
+
+
 class Client:
     def __init__(
         self, base_url: str, token: str, *, cafile: str | None = None, timeout: float = 60.0
@@ -45,6 +73,10 @@ class Client:
         self.token = token
         self.timeout = timeout
         self.context = ssl.create_default_context(cafile=cafile)
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPSHandler(context=self.context)]
+        if _is_loopback_name(urllib.parse.urlsplit(self.url).hostname or ""):
+            handlers = [_LoopbackHTTPSHandler(self.context)]
+        self.opener = urllib.request.build_opener(*handlers)
 
     def exec(self, command: str) -> ExecResult:
         """Run `command` (a REPL command line) and return its result.
@@ -59,7 +91,7 @@ class Client:
             headers={"Authorization": f"Bearer {self.token}", "Content-Type": "text/plain"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout, context=self.context) as response:
+            with self.opener.open(request, timeout=self.timeout) as response:
                 body = response.read()
                 status_header = response.headers.get(EXIT_STATUS_HEADER)
         except urllib.error.HTTPError as exc:

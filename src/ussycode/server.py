@@ -70,7 +70,10 @@ async def serve(config: Config) -> None:
     """Run the platform until SIGINT or SIGTERM; VMs keep running across a restart."""
     if os.geteuid() != 0:
         raise ConfigError("ussycode serve must run as root: it manages a bridge, TAP devices and nftables")
+    # The store, disks and logs hold users' data, so nothing the server creates is readable by others.
+    os.umask(0o027)
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    config.data_dir.chmod(0o750)
     (config.data_dir / "logs").mkdir(exist_ok=True)
     log.info("starting: domain=%s data_dir=%s", config.domain, config.data_dir)
 
@@ -151,7 +154,7 @@ async def serve(config: Config) -> None:
         await gateway.start()
         supervisor = asyncio.create_task(manager.supervise())
         log.info(
-            "ready: ssh %s, https://%s (root CA %s), runtime qemu/%s",
+            "ready: %s, https://%s (root CA %s), runtime qemu/%s",
             config.ssh_command(),
             config.domain,
             caddy.root_ca_path,

@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 
 from tests.conftest import require_root
-from tests.framework.platform import Platform, Result, SSHUser
+from tests.framework.platform import USSYCODE, Platform, Result, SSHUser
 from tests.framework.tokens import sign_usy0
 from ussycode.api.server import OPENAPI_DOCUMENT
 
@@ -184,6 +184,9 @@ def test_exec_short_tokens_and_api_keys(platform: Platform) -> None:
     short_id = next(entry["id"] for entry in listing if entry["kind"] == "short")
     assert platform.ssh(alice, f"api-key revoke {short_id}").status == 0
     assert post(platform, "whoami", short)[0].status == 401
+    unknown = platform.ssh(alice, ["ssh-key", "generate-api-key", "--cmds", "ls,nosuch"])
+    assert unknown.status == 1
+    assert 'unknown command "nosuch" in --cmds' in unknown.stderr
     expired = platform.ssh(alice, "ssh-key generate-api-key --exp 0d")
     assert expired.status == 1
     assert "invalid duration" in expired.stderr
@@ -226,3 +229,27 @@ def test_exec_docs_recipe_token(platform: Platform) -> None:
     result, _ = post(platform, "whoami", token)
     assert result.status == 200, result.stdout
     assert post(platform, "rm x --force", token)[0].status == 403
+
+
+def test_exec_cli_and_client(platform: Platform) -> None:
+    alice = signup(platform, "alice")
+    token = sign_usy0(alice.key, {"cmds": ["whoami", "start"]}, NAMESPACE)
+    base = [
+        USSYCODE,
+        "exec",
+        "--cacert",
+        str(platform.root_ca),
+        "--url",
+        "https://ussy.localhost",
+        "--token",
+        token,
+    ]
+    ok = platform.ns.run([*base, "whoami"], check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["handle"] == "alice"
+    failed = platform.ns.run([*base, "start nope"], check=False)
+    assert failed.returncode == 1
+    assert 'ussycode exec: 422 not_found: no VM named "nope"' in failed.stderr
+    forbidden = platform.ns.run([*base, "ls"], check=False)
+    assert forbidden.returncode == 1
+    assert "403 forbidden" in forbidden.stderr

@@ -51,7 +51,8 @@ def test_route_strips_identity_first() -> None:
         "handler": "vars",
         "ussycode_bearer": "{http.request.header.X-Ussycode-Authorization}",
     }
-    assert strip == {"handler": "headers", "request": {"delete": ["X-Ussycode-*"]}}
+    assert strip["request"]["delete"][0] == "X-Ussycode-*"
+    assert "X_Ussycode_*" in strip["request"]["delete"]
 
 
 def test_route_port_hosts_dial_vm() -> None:

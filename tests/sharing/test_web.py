@@ -219,6 +219,10 @@ def test_web_forged_identity_removed(stack: Stack) -> None:
         "X-USSYCODE-EMAIL: boss@example.org",
         "--header",
         "X-Ussycode-Role: admin",
+        "--header",
+        "X_Ussycode_Handle: underscore",
+        "--header",
+        "x_ussycode_user_id: 7",
     ]
     reply = client.get(stack.vm_url("p13-owl"), *forged)
     assert reply.status == 200
@@ -226,6 +230,8 @@ def test_web_forged_identity_removed(stack: Stack) -> None:
     assert reply.app_header("X-Ussycode-Handle") == ["p13-alice"]
     assert reply.app_header("X-Ussycode-Email") == []
     assert reply.app_header("X-Ussycode-Role") == []
+    assert reply.app_header("X_Ussycode_Handle") == []
+    assert reply.app_header("x_ussycode_user_id") == []
 
 
 def test_web_platform_cookie_not_forwarded(stack: Stack) -> None:

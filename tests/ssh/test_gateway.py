@@ -132,3 +132,22 @@ def test_https_landing_and_unknown_vm(platform: Platform) -> None:
     )
     assert unknown.status == 404
     assert 'No VM named "ghost"' in unknown.stdout
+
+
+def test_gateway_repl_long_line_dropped_whole(platform: Platform) -> None:
+    alice = platform.make_user("alice")
+    platform.ssh(alice, "whoami")
+    result = platform.repl(alice, [" " * 40_000 + "whoami", "ls"])
+    assert "line too long; the limit is 16 KiB" in result.stderr
+    assert result.stderr.count("line too long") == 1
+    assert "handle:" not in result.stdout
+    assert "You have no VMs yet" in result.stdout
+
+
+def test_gateway_repl_pty_line_capped(platform: Platform) -> None:
+    alice = platform.make_user("alice")
+    platform.ssh(alice, "whoami")
+    argv = platform.ssh_argv(alice, tty=True)
+    completed = platform.ns.run(argv, input="a" * 100_000 + "\rwhoami\rexit\r", timeout=120, check=False)
+    assert completed.stdout.count("a") < 40_000
+    assert "handle:   alice" in completed.stdout

@@ -117,9 +117,23 @@ def _rename_key(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     )
 
 
+def _check_permission_name(name: str) -> None:
+    """:raise InvalidInput: `name` is not a command or "command subcommand" that a token can allow."""
+    from ussycode.commands.dispatch import REGISTRY
+
+    command, _, subcommand = name.partition(" ")
+    known = REGISTRY.get(command)
+    if known is None or (subcommand and subcommand not in known.subcommands):
+        raise InvalidInput(
+            f'unknown command "{name}" in --cmds: name commands as "help" lists them, e.g. ls,new'
+        )
+
+
 async def _generate_api_key(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     lifetime = parse_duration(args.exp)
     cmds = tuple(c.strip() for c in args.cmds.split(",") if c.strip()) if args.cmds else None
+    for name in cmds or ():
+        _check_permission_name(name)
     if args.vm is not None:
         check_vm_name(args.vm)
         ctx.services.manager.get_owned(ctx.user, args.vm)

@@ -65,6 +65,7 @@ IDENTITY_HEADERS = ("X-Ussycode-User-Id", "X-Ussycode-Handle", "X-Ussycode-Email
 # The VM-scoped token header is kept in this variable before every X-Ussycode-* header is deleted,
 # and handed to the auth endpoint only.
 TOKEN_VAR = "ussycode_bearer"
+UNDERSCORE_SPELLINGS = ("X_Ussycode_*", "x_ussycode_*", "X_USSYCODE_*", "x-ussycode-*")
 TOKEN_HEADER = "X-Ussycode-Authorization"
 STRIP_AUTHORIZATION_HEADER = "X-Ussycode-Strip-Authorization"
 # Set with the vars handler so that the error routes can tell a failed auth request from a VM
@@ -262,7 +263,10 @@ def _keep_token_header() -> dict[str, Any]:
 
 def _strip_identity_headers() -> dict[str, Any]:
     # Caddy 2.6 deletes every header whose canonical name starts with the prefix.
-    return {"handler": "headers", "request": {"delete": ["X-Ussycode-*"]}}
+    # Header names with underscores are not canonicalized, so their usual spellings are listed:
+    # CGI-style apps read X_Ussycode_Handle as if it were X-Ussycode-Handle.
+    # NOTE: an underscore name in another mix of letter case still reaches the app.
+    return {"handler": "headers", "request": {"delete": ["X-Ussycode-*", *UNDERSCORE_SPELLINGS]}}
 
 
 def _strip_platform_cookies() -> list[dict[str, Any]]:

@@ -43,6 +43,7 @@ class LineEditor:
     prompt: str = ""
     history: list[str] = field(default_factory=list)
     max_history: int = 500
+    max_line_chars: int = 16 * 1024
     completer: Completer | None = None
     width: int = 80
     _record: bool = True
@@ -238,6 +239,9 @@ class LineEditor:
             elif char == "\t":
                 output += self._complete()
             elif char.isprintable():
+                if len(self._buffer) >= self.max_line_chars:
+                    output += b"\a"
+                    continue
                 self._buffer.insert(self._cursor, char)
                 self._cursor += 1
                 if self._cursor == len(self._buffer):

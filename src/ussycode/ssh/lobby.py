@@ -56,6 +56,7 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
         self._user: User | None = None
         self.interactive = False
         self._command_started = time.monotonic()
+        self._discarding = False
 
     # Terminal protocol used by commands.
 
@@ -160,7 +161,10 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
     # Output.
 
     def write_bytes(self, data: bytes, *, stderr: bool = False) -> None:
-        self._write_datatype(data, asyncssh.EXTENDED_DATA_STDERR if stderr else None)
+        # A terminal shows both streams in one place, so on a PTY errors go to stdout and
+        # cannot overtake the prompt that follows them.
+        use_stderr = stderr and not self._pty
+        self._write_datatype(data, asyncssh.EXTENDED_DATA_STDERR if use_stderr else None)
 
     def _write_datatype(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._chan is None or self._chan.is_closing():
@@ -228,14 +232,22 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
             self._events.put_nowait(event)
 
     def _split_raw(self, data: bytes) -> list[Event]:
-        self._raw_buffer += data
+        """Split input without a PTY into lines; a line over MAX_LINE_BYTES is dropped whole."""
         events = []
-        while b"\n" in self._raw_buffer:
-            line, self._raw_buffer = self._raw_buffer.split(b"\n", 1)
-            events.append(Event(EventKind.LINE, line.decode(errors="replace").rstrip("\r")))
-        if len(self._raw_buffer) > MAX_LINE_BYTES:
-            self._raw_buffer = b""
-            self.write("error: line too long; the limit is 16 KiB\n", stderr=True)
+        while data:
+            head, newline, data = data.partition(b"\n")
+            if self._discarding:
+                self._discarding = not newline
+                continue
+            self._raw_buffer += head
+            if len(self._raw_buffer) > MAX_LINE_BYTES:
+                self._raw_buffer = b""
+                self._discarding = not newline
+                self.write("error: line too long; the limit is 16 KiB\n", stderr=True)
+                continue
+            if newline:
+                line, self._raw_buffer = self._raw_buffer, b""
+                events.append(Event(EventKind.LINE, line.decode(errors="replace").rstrip("\r")))
         return events
 
     def eof_received(self) -> bool:
@@ -300,8 +312,10 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
             self._exit(2)
             return
         ctx = self._context(user)
-        self._command_started = time.monotonic()
-        outcome = await execute(ctx, argv)
+        outcome = await self._run_command(ctx, argv)
+        if outcome is None:
+            self._exit(130)
+            return
         self.write(outcome.stdout)
         if outcome.stderr:
             self._write_error(outcome.stderr)

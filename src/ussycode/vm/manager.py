@@ -192,6 +192,12 @@ class VMManager:
                 f" choose at least {minimum}"
             )
         async with self._create_lock:
+            # A taken name is the more specific error, so it is reported before any limit.
+            if name is None:
+                name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
+            check_vm_name(name)
+            if self.store.find_vm(name) is not None:
+                raise Conflict(f'a VM named "{name}" already exists: choose another name')
             quota.check_new(
                 self.store,
                 self.config,
@@ -200,11 +206,6 @@ class VMManager:
                 memory_mb=options.memory_mb or self.config.vm_memory // (1024 * 1024),
                 disk_bytes=disk_bytes,
             )
-            if name is None:
-                name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
-            check_vm_name(name)
-            if self.store.find_vm(name) is not None:
-                raise Conflict(f'a VM named "{name}" already exists: choose another name')
             ip = self.network.allocate_ip(self.store.used_ips())
             vm = self.store.create_vm(
                 name=name,

@@ -80,6 +80,9 @@ PACKAGES = (
     "less",
     "e2fsprogs",
     "initramfs-tools",
+    # Powers the VM off on the ACPI power button, which is how QEMU asks a guest to shut down;
+    # systemd-logind would need D-Bus, which the image leaves out for boot time.
+    "acpid",
 )
 # The cloud flavour boots under QEMU `-M pc` with virtio and has fewer modules than the generic one.
 DEBIAN_KERNEL = "linux-image-cloud-amd64"

@@ -45,6 +45,13 @@ install -D -m 0644 /dev/stdin "$root/etc/systemd/system.conf.d/ussycode.conf" <<
 DefaultTimeoutStopSec=15s
 CONF
 
+echo "customize: power button"
+install -D -m 0644 /dev/stdin "$root/etc/acpi/events/ussycode-power" <<'EVENT'
+# QEMU's system_powerdown presses the ACPI power button: shut the VM down cleanly.
+event=button/power.*
+action=/usr/bin/systemctl poweroff
+EVENT
+
 echo "customize: files"
 install -m 0644 "$guest/fstab" "$root/etc/fstab"
 # ussycode-init sets the VM's own hostname at boot.

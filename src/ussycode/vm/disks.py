@@ -63,19 +63,7 @@ async def create_disk(base: Path, path: Path, size_bytes: int) -> None:
     :raise RuntimeFailure: qemu-img failed.
     """
     base = _check_new_disk(base, path, size_bytes)
-    partial = _partial_path(path)
-    partial.unlink(missing_ok=True)
-    argv = [
-        "qemu-img", "create", "-q", "-f", "qcow2",
-        "-F", "raw", "-b", str(base),
-        str(partial), str(size_bytes),
-    ]  # fmt: skip
-    try:
-        await proc.run(argv, timeout=QEMU_IMG_TIMEOUT)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    await _qemu_img_create(path, ["-F", "raw", "-b", str(base)], size_bytes)
     log.info("created disk %s (%d bytes) over %s", path, size_bytes, base)
 
 
@@ -100,6 +88,19 @@ def disk_usage(path: Path) -> int:
     return blocks * 512
 
 
+async def _qemu_img_create(path: Path, backing_args: list[str], size_bytes: int) -> None:
+    """Write a qcow2 file under a temporary name and rename it to `path`, so no half-made disk exists."""
+    partial = _partial_path(path)
+    partial.unlink(missing_ok=True)
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", *backing_args, str(partial), str(size_bytes)]
+    try:
+        await proc.run(argv, timeout=QEMU_IMG_TIMEOUT)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
 async def create_overlay(backing: Path, path: Path, size_bytes: int) -> None:
     """Create the qcow2 overlay `path` of `size_bytes` over the qcow2 layer `backing`.
 
@@ -111,19 +112,7 @@ async def create_overlay(backing: Path, path: Path, size_bytes: int) -> None:
     :raise RuntimeFailure: qemu-img failed.
     """
     backing = _check_overlay(backing, path)
-    partial = _partial_path(path)
-    partial.unlink(missing_ok=True)
-    argv = [
-        "qemu-img", "create", "-q", "-f", "qcow2",
-        "-F", "qcow2", "-b", str(backing), "-u",
-        str(partial), str(size_bytes),
-    ]  # fmt: skip
-    try:
-        await proc.run(argv, timeout=QEMU_IMG_TIMEOUT)
-        os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
+    await _qemu_img_create(path, ["-F", "qcow2", "-b", str(backing), "-u"], size_bytes)
     log.info("created disk %s (%d bytes) over layer %s", path, size_bytes, backing)
 
 

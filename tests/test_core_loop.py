@@ -117,6 +117,8 @@ def test_core_loop_end_to_end(platform: Platform) -> None:
     assert "handle:   bob" in in_repl.stdout
 
     start_app(platform, alice, "mild-owl")
+    assert fetch_app(platform, host)[0] == 401
+    assert platform.ssh(alice, "share set-public mild-owl").status == 0
     wait_until(lambda: fetch_app(platform, host) == (200, APP_MARKER + "\n"), 60, "the app over HTTPS")
 
     stopped = platform.ssh(alice, "stop mild-owl --json")

@@ -4,7 +4,9 @@ Prints a table and writes JSON to bench-results/core-<time>.json:
 - seconds from `new` to the first command run in the VM (cold boot), over --runs VMs;
 - round trip of `ssh VM@host true` through the gateway against the same straight to the VM's sshd;
 - HTTPS requests per second and median latency through Caddy, for the VM's URL made public and
-  for it private with a logged-in browser session, against the app fetched directly.
+  for it private with a logged-in browser session, against the app fetched directly;
+- seconds for `cp` of a VM with a 2 GiB disk and of one with a 10 GiB disk, each with 256 MiB of
+  data: the whole command (snapshot and boot of the copy) and the disk snapshot alone.
 
 Run as root from the checkout: .venv/bin/python scripts/bench.py [--runs 2] [--seconds 10]
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform as host_platform
+import re
 import statistics
 import subprocess
 import sys
@@ -106,6 +109,38 @@ def bench_vm_url(platform: Platform, user: SSHUser, vm: str, host: str, seconds:
     return {"https_public_url": public, "https_private_url_session": private}
 
 
+CP_FILL_MIB = 256
+_STEP_RE = re.compile(r"\[\s*([0-9.]+)s\] (.*)")
+
+
+def _step_times(progress: str) -> dict[str, float]:
+    """Return the seconds at which each progress step of a command began, by its first word."""
+    times = {}
+    for match in _STEP_RE.finditer(progress):
+        times.setdefault(match.group(2).split()[0], float(match.group(1)))
+    return times
+
+
+def bench_cp(platform: Platform, user: SSHUser) -> dict[str, Any]:
+    """Time `cp` of a VM with a 2 GiB disk and of one with a 10 GiB disk, each holding 256 MiB of
+    data: the whole command (snapshot and boot of the copy) and the disk snapshot alone."""
+    results: dict[str, Any] = {}
+    for size in ("2G", "10G"):
+        name = f"cp-{size.lower()}"
+        check(platform.ssh(user, ["new", "--name", name, "--disk", size]), f"new {name}")
+        fill = f"dd if=/dev/urandom of=fill bs=1M count={CP_FILL_MIB} status=none && sync"
+        check(platform.ssh(user, fill, login=name), f"filling {name}")
+        started = time.perf_counter()
+        copied = check(platform.ssh(user, ["cp", name, f"{name}-copy"]), f"cp {name}")
+        total = time.perf_counter() - started
+        steps = _step_times(copied.stderr)
+        snapshot = steps["attaching"] - steps["snapshotting"]
+        check(platform.ssh(user, "test -s fill", login=f"{name}-copy"), f"data in {name}-copy")
+        results[size] = {"cp_total_s": round(total, 1), "disk_snapshot_s": round(snapshot, 1)}
+        check(platform.ssh(user, ["rm", name, f"{name}-copy", "--force"]), f"rm {name}")
+    return results
+
+
 def in_namespace(platform: Platform) -> Runner:
     def run(argv: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run([*platform.ns.prefix(), *argv], capture_output=True, timeout=60, check=False)
@@ -132,7 +167,10 @@ def main() -> None:
     }
     with (
         tempfile.TemporaryDirectory(prefix="ussybench-") as workdir,
-        Platform(Path(workdir), extra_env={"USSYCODE_API_RATE": "1000000"}) as platform,
+        # The admin tier's limits leave room for the two VMs and two copies of the cp figures.
+        Platform(
+            Path(workdir), extra_env={"USSYCODE_API_RATE": "1000000", "USSYCODE_DEFAULT_TIER": "admin"}
+        ) as platform,
     ):
         user = platform.make_user("bench")
         new_times = bench_new(platform, user, args.runs)
@@ -161,6 +199,8 @@ def main() -> None:
             tls = ("--cacert", str(platform.root_ca), "--connect-to", "127.0.0.1")
             post = ("--method", "POST", "--data", "whoami", "--header", f"Authorization: Bearer {token}")
             results[label] = http_load(platform, exec_url, args.seconds, *tls, *post)
+        check(platform.ssh(user, ["rm", vm, "--force"]), f"rm {vm}")
+        results["cp"] = bench_cp(platform, user)
 
     out_dir = REPO / "bench-results"
     out_dir.mkdir(exist_ok=True)
@@ -183,6 +223,10 @@ def main() -> None:
             f"{private['requests_per_second']} req/s, median {private['median_ms']} ms",
         ),
         ("HTTP direct to the app", f"{direct['requests_per_second']} req/s, median {direct['median_ms']} ms"),
+        *[
+            (f"cp, {size} disk (s)", f"total {cp['cp_total_s']}, disk snapshot {cp['disk_snapshot_s']}")
+            for size, cp in results["cp"].items()
+        ],
         *[
             (
                 f"POST /exec whoami ({kind})",

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import os
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -130,21 +130,32 @@ def test_create_overlay_errors(base: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "copy.qcow2.partial").exists()
 
 
+class Pointer:
+    """Records the disk a VM boots from, as the manager's disk link does."""
+
+    def __init__(self, disk: Path) -> None:
+        self.history = [disk]
+
+    def __call__(self, path: Path) -> None:
+        self.history.append(path)
+
+
 def test_freeze_stopped_disk(base: Path, tmp_path: Path) -> None:
     spec = make_spec(tmp_path / "vm7", files=tmp_path / "files")
     make_disk(base, spec.disk)
     qemu_io(spec.disk, "write -P 0xab 0 1M")
-    layers = tmp_path / "layers"
+    new_top = tmp_path / "disks" / "top.qcow2"
+    new_top.parent.mkdir()
+    pointer = Pointer(spec.disk)
 
-    layer = asyncio.run(snapshots.freeze_disk(QemuRuntime(), spec, layers))
+    layer = asyncio.run(snapshots.freeze_disk(QemuRuntime(), spec, new_top, pointer))
 
-    assert layer.parent == layers
-    assert stat.S_IMODE(layer.stat().st_mode) == 0o400
-    assert disks.backing_file(spec.disk) == layer
-    assert disks.qcow2_virtual_size(spec.disk) == 128 * MiB
-    assert holds_pattern(spec.disk, 0, 0xAB)
-    copy = tmp_path / "copy" / "disk.qcow2"
-    copy.parent.mkdir()
+    assert layer == spec.disk.absolute()
+    assert pointer.history == [spec.disk, new_top]
+    assert disks.backing_file(new_top) == layer
+    assert disks.qcow2_virtual_size(new_top) == 128 * MiB
+    assert holds_pattern(new_top, 0, 0xAB)
+    copy = tmp_path / "disks" / "copy.qcow2"
     asyncio.run(disks.create_overlay(layer, copy, 256 * MiB))
     assert holds_pattern(copy, 0, 0xAB)
     assert disks.qcow2_virtual_size(copy) == 256 * MiB
@@ -154,19 +165,26 @@ def test_freeze_running_disk(holding_qemu: VMSpec, tmp_path: Path) -> None:
     spec = holding_qemu
     monitor = spec.run_dir / "qmp.sock"
 
-    def write_through_qemu(command: str) -> None:
-        asyncio.run(
-            qmp_execute(monitor, "human-monitor-command", {"command-line": f'qemu-io disk0 "{command}"'})
+    def through_qemu(command: str) -> str:
+        return str(
+            asyncio.run(
+                qmp_execute(monitor, "human-monitor-command", {"command-line": f'qemu-io disk0 "{command}"'})
+            )
         )
 
-    write_through_qemu("write -P 0x11 0 1M")
-    layer = asyncio.run(snapshots.freeze_disk(QemuRuntime(), spec, tmp_path / "layers"))
-    write_through_qemu("write -P 0x22 1M 1M")
+    through_qemu("write -P 0x11 0 1M")
+    new_top = tmp_path / "top.qcow2"
+    layer = asyncio.run(snapshots.freeze_disk(QemuRuntime(), spec, new_top, Pointer(spec.disk)))
+    through_qemu("write -P 0x22 1M 1M")
+    # QEMU reopened the layer read-only by its path; reads through the chain still find the
+    # data written before the switch.
+    assert "Pattern verification failed" not in through_qemu("read -P 0x11 0 1M")
+    assert "Pattern verification failed" not in through_qemu("read -P 0x22 1M 1M")
     quit_qemu(spec)
 
-    assert disks.backing_file(spec.disk) == layer
-    assert holds_pattern(spec.disk, 0, 0x11)
-    assert holds_pattern(spec.disk, MiB, 0x22)
+    assert disks.backing_file(new_top) == layer
+    assert holds_pattern(new_top, 0, 0x11)
+    assert holds_pattern(new_top, MiB, 0x22)
     assert holds_pattern(layer, 0, 0x11)
     assert holds_pattern(layer, MiB, 0x00)
 
@@ -178,13 +196,14 @@ def test_freeze_rolls_back_when_qemu_rejects(holding_qemu: VMSpec, tmp_path: Pat
         async def snapshot_disk(self, spec: VMSpec, overlay: Path) -> None:
             raise RuntimeFailure("QMP error GenericError: rejected for the test")
 
-    layers = tmp_path / "layers"
+    new_top = tmp_path / "top.qcow2"
+    pointer = Pointer(spec.disk)
     with pytest.raises(RuntimeFailure, match="rejected for the test"):
-        asyncio.run(snapshots.freeze_disk(RejectingRuntime(), spec, layers))
+        asyncio.run(snapshots.freeze_disk(RejectingRuntime(), spec, new_top, pointer))
 
-    assert disks.backing_file(spec.disk) is not None
+    assert pointer.history == [spec.disk, new_top, spec.disk.absolute()]
+    assert not new_top.exists()
     assert disks.backing_file(spec.disk) == (tmp_path / "rootfs.ext4").absolute()
-    assert list(layers.iterdir()) == []
 
 
 @pytest.mark.parametrize("size", [2 * GiB, 100 * GiB])
@@ -194,7 +213,9 @@ def test_freeze_time_independent_of_size(base: Path, tmp_path: Path, size: int) 
     qemu_io(spec.disk, "write -P 0x33 0 32M")
 
     started = time.monotonic()
-    layer = asyncio.run(snapshots.freeze_disk(QemuRuntime(), spec, tmp_path / "layers"))
+    layer = asyncio.run(
+        snapshots.freeze_disk(QemuRuntime(), spec, tmp_path / "top.qcow2", Pointer(spec.disk))
+    )
     asyncio.run(disks.create_overlay(layer, tmp_path / "copy.qcow2", size))
     elapsed = time.monotonic() - started
     print(f"copy of a {size // GiB} GiB disk in {elapsed * 1000:.0f} ms")
@@ -204,25 +225,29 @@ def test_freeze_time_independent_of_size(base: Path, tmp_path: Path, size: int) 
 
 def test_remove_unused_layers(base: Path, tmp_path: Path) -> None:
     spec = make_spec(tmp_path / "vm7", files=tmp_path / "files")
-    make_disk(base, spec.disk)
-    layers = tmp_path / "layers"
+    layers = tmp_path / "disks"
+    layers.mkdir()
+    make_disk(base, layers / "first.qcow2")
     runtime = QemuRuntime()
-    first = asyncio.run(snapshots.freeze_disk(runtime, spec, layers))
-    second = asyncio.run(snapshots.freeze_disk(runtime, spec, layers))
-    copy = tmp_path / "copy.qcow2"
+    second = layers / "second.qcow2"
+    third = layers / "third.qcow2"
+    spec = replace(spec, disk=layers / "first.qcow2")
+    first = asyncio.run(snapshots.freeze_disk(runtime, spec, second, Pointer(spec.disk)))
+    asyncio.run(snapshots.freeze_disk(runtime, replace(spec, disk=second), third, Pointer(second)))
+    copy = layers / "copy.qcow2"
     asyncio.run(disks.create_overlay(first, copy, 128 * MiB))
-    orphan = layers / "99-000000000000.qcow2"
+    orphan = layers / "orphan.qcow2"
     asyncio.run(disks.create_overlay(second, orphan, 128 * MiB))
 
-    removed = snapshots.remove_unused_layers(layers, [spec.disk, copy])
+    removed = snapshots.remove_unused_layers(layers, [third, copy])
 
     assert removed == [orphan]
     assert first.exists()
     assert second.exists()
     copy.unlink()
-    assert snapshots.remove_unused_layers(layers, [spec.disk]) == []
-    spec.disk.unlink()
-    assert sorted(snapshots.remove_unused_layers(layers, [spec.disk])) == sorted([first, second])
+    assert snapshots.remove_unused_layers(layers, [third]) == []
+    third.unlink()
+    assert sorted(snapshots.remove_unused_layers(layers, [third])) == sorted([first, second])
 
 
 def test_remove_unused_layers_unreadable_chain(base: Path, tmp_path: Path) -> None:

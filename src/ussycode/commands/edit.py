@@ -107,8 +107,8 @@ async def tag(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
         tags = current | set(requested)
         attributes.check_tag_count(tags, vm.name)
     manager.details.set_tags(vm.id, tuple(tags))
-    shown = ", ".join(sorted(tags)) or "none"
-    return CommandResult({"name": vm.name, "tags": sorted(tags)}, f'vm "{vm.name}" tags: {shown}')
+    listed = ", ".join(sorted(tags)) or "none"
+    return CommandResult({"name": vm.name, "tags": sorted(tags)}, f'vm "{vm.name}" tags: {listed}')
 
 
 def _comment_arguments(parser: ArgumentParser) -> None:

@@ -150,7 +150,8 @@ async def stat(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
 
 def clean_log(text: str) -> str:
     """Remove terminal escape sequences and control characters other than tab and newline."""
-    return _CONTROL_RE.sub("", _ESCAPE_RE.sub("", text.replace("\r\n", "\n").replace("\r", "\n")))
+    # Serial consoles end lines with "\r\r\n"; a lone "\r" only moves the cursor.
+    return _CONTROL_RE.sub("", _ESCAPE_RE.sub("", text.replace("\r\n", "\n").replace("\r", "")))
 
 
 def _tail_lines(text: str, count: int) -> str:
@@ -212,8 +213,8 @@ async def vm_logs(ctx: CommandContext, args: argparse.Namespace) -> CommandResul
     }
 
     style = Style.of(ctx)
-    which = "previous boot" if args.previous else "current boot"
-    lines = [style.paint(f"== console ({which}, last {args.lines} lines) ==", "bold")]
+    boot = "previous boot" if args.previous else "current boot"
+    lines = [style.paint(f"== console ({boot}, last {args.lines} lines) ==", "bold")]
     lines.append(console or "(no console output)")
     if details.setup_script is not None:
         status = details.setup_status or "pending (runs at first boot)"

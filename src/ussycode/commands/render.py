@@ -1,7 +1,7 @@
 """Text rendering helpers shared by commands: styles, tables, sizes, charts and VM descriptions.
 
-Output for a terminal (a PTY) may use ANSI colours and is fitted to the terminal's width;
-piped output is plain text without escape sequences, and JSON is rendered elsewhere.
+Output for a terminal (a PTY) may use ANSI colours and is fitted to the terminal's width. Piped
+output is plain text without escape sequences. JSON is rendered by the dispatcher.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The `tutorial` command: ten short lessons from creating a VM to sharing it and cleaning up.
 
-Each lesson checks that the user really did its step, from the state of the platform (the VM
-exists, has a tag, serves port 8080, has a copy, is shared) or, for steps that change nothing,
-from the log of commands the user ran since the lesson began. Progress is stored per user.
+Each lesson checks that the user really did its step. Most checks read the state of the platform:
+the VM exists, has a tag, serves port 8080, has a copy, is shared. Steps that change nothing are
+checked in the log of commands the user ran since the lesson began. Progress is stored per user.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ Checker = Callable[["LessonContext"], Awaitable[Check]]
 
 @dataclass
 class LessonContext:
-    """What a lesson's check and text can use: the command context and the user's progress."""
+    """The inputs of a lesson's check and text: the command context and the user's progress."""
 
     ctx: CommandContext
     progress: TutorialProgress
@@ -77,7 +77,7 @@ class LessonContext:
 @dataclass(frozen=True)
 class Lesson:
     title: str
-    text: str  # may contain {vm}, {host} and {ssh}
+    text: str  # may contain {vm}, {domain}, {ssh}, {bigger} and {copy}
     check: Checker
     # Cheap checks run after every REPL command, so that finishing a step is noticed at once.
     cheap: bool = True

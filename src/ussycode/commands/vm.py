@@ -169,6 +169,7 @@ async def ls(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     if args.tag:
         vms = [vm for vm in vms if args.tag in details.get(vm.id, VMDetails(vm.id)).tags]
     data = [describe_vm(ctx, vm, details.get(vm.id, VMDetails(vm.id))) for vm in vms]
+
     if not vms:
         if args.pattern or args.tag:
             return CommandResult(data, "No VMs match.")
@@ -179,29 +180,31 @@ async def ls(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
         return CommandResult(
             data, table(["name", "state", "ip", "url"], rows, style, paint=state_column, shrink=[3])
         )
-    rows = []
-    for vm, entry in zip(vms, data, strict=True):
-        pending = entry["pending"]
-        cpus = str(vm.cpus) + (f"→{pending['cpus']}" if "cpus" in pending else "")
-        memory = entry["memory"] + (f"→{pending['memory']}" if "memory" in pending else "")
-        uptime = entry["uptime_seconds"]
-        rows.append(
-            [
-                vm.name,
-                vm.state,
-                cpus,
-                memory,
-                entry["disk"],
-                "-" if uptime is None else human_duration(uptime),
-                ",".join(entry["tags"]) or "-",
-                entry["comment"] or "-",
-            ]
-        )
+
+    rows = [_long_row(vm, entry) for vm, entry in zip(vms, data, strict=True)]
     headers = ["name", "state", "cpus", "memory", "disk", "uptime", "tags", "comment"]
     text = table(headers, rows, style, paint=state_column, shrink=[7, 6])
     if any(entry["pending"] for entry in data):
         text += "\n\n→ marks a resize that applies at the next start."
     return CommandResult(data, text)
+
+
+def _long_row(vm: VM, entry: dict[str, Any]) -> list[str]:
+    """Return the `ls -l` cells of a VM; a pending resize shows as "2→4"."""
+    pending = entry["pending"]
+    cpus = str(vm.cpus) + (f"→{pending['cpus']}" if "cpus" in pending else "")
+    memory = entry["memory"] + (f"→{pending['memory']}" if "memory" in pending else "")
+    uptime = entry["uptime_seconds"]
+    return [
+        vm.name,
+        vm.state,
+        cpus,
+        memory,
+        entry["disk"],
+        "-" if uptime is None else human_duration(uptime),
+        ",".join(entry["tags"]) or "-",
+        entry["comment"] or "-",
+    ]
 
 
 async def start(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:

@@ -8,6 +8,7 @@ user's channel, until the session ends. Then the REPL takes the terminal back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -39,7 +40,7 @@ class _GuestSession(asyncssh.SSHClientSession[bytes]):
         log.info("attached session ended by signal %s", signal)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._attachment.ended(exc)
+        self._attachment.session_lost(exc)
 
 
 class GuestAttachment:
@@ -56,27 +57,43 @@ class GuestAttachment:
 
     # Input from the user.
 
-    def feed(self, data: bytes) -> None:
+    @property
+    def ended(self) -> bool:
+        return self._done.done()
+
+    def feed(self, data: bytes) -> bool:
+        """Pass input to the session; return False if it has ended, so that the REPL reads it."""
+        if self._done.done():
+            return False
         if self._chan is None:
             self._pending.append(data)
-        else:
+            return True
+        try:
             self._chan.write(data)
+        except (OSError, asyncssh.Error) as exc:
+            # The session is closing: the input typed after its end belongs to the REPL.
+            log.debug("input after the attached session ended: %s", exc)
+            return False
+        return True
 
     def eof(self) -> None:
         if self._chan is None:
             self._pending_eof = True
-        else:
+            return
+        with contextlib.suppress(OSError, asyncssh.Error):
             self._chan.write_eof()
 
     def resize(self, width: int, height: int, pixwidth: int, pixheight: int) -> None:
         if self._chan is None:
             self._size = (width, height, pixwidth, pixheight)
-        else:
+            return
+        with contextlib.suppress(OSError, asyncssh.Error):
             self._chan.change_terminal_size(width, height, pixwidth, pixheight)
 
     def signal(self, name: str) -> None:
         if self._chan is not None:
-            self._chan.send_signal(name)
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._chan.send_signal(name)
 
     def close(self) -> None:
         if self._chan is not None:
@@ -84,7 +101,7 @@ class GuestAttachment:
 
     # The session.
 
-    def ended(self, exc: Exception | None) -> None:
+    def session_lost(self, exc: Exception | None) -> None:
         if exc is not None:
             log.info("attached session lost: %s", exc)
         if not self._done.done():
@@ -117,10 +134,10 @@ class GuestAttachment:
         chan, _ = await conn.create_session(lambda: _GuestSession(self), command, **options)  # type: ignore[arg-type]
         self._chan = chan
         for data in self._pending:
-            chan.write(data)
+            self.feed(data)
         self._pending.clear()
         if self._pending_eof or close_stdin:
-            chan.write_eof()
+            self.eof()
         try:
             await self._done
         finally:

@@ -132,7 +132,8 @@ class GatewayConnection(asyncssh.SSHServer):
         if self.user is None or self.services.store.find_vm(self.username) is None:
             raise asyncssh.ChannelOpenError(
                 asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
-                f"port forwarding works with VM logins: {self.services.config.ssh_command('VM')} -L …",
+                "port forwarding works with VM logins: "
+                + self.services.config.ssh_command("VM").replace(" VM@", " -L LOCAL:localhost:PORT VM@"),
             )
         if self._forwarder is None:
             self._forwarder = GuestForwarder(self._connect_vm, self.username, self.conn_id)

@@ -34,7 +34,7 @@ SECRET_MARKERS = ("usy0.", "usy1.")
 DEFAULT_WIDTH = 80
 INPUT_END = "."
 
-# Returns the connection's user. For a new key it registers one and, on a terminal, asks for a handle.
+# Returns the connection's user. For a new key it registers one and, on a terminal, prompts for a handle.
 UserResolver = Callable[["LobbySession"], Awaitable[User]]
 
 
@@ -216,8 +216,7 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
         return False
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        if self._attachment is not None:
-            self._attachment.feed(data)
+        if self._attachment is not None and self._attachment.feed(data):
             return
         if self._pty:
             echo, events = self._editor.feed(data)

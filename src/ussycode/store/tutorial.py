@@ -10,7 +10,7 @@ from ussycode.store.db import Store, utc_now
 
 @dataclass(frozen=True)
 class TutorialProgress:
-    """`context` holds values that later lessons check, such as the VM made in lesson 1."""
+    """`context` contains values that later lessons check, such as the VM made in lesson 1."""
 
     user_id: int
     current: int = 1

@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Coroutine
@@ -103,7 +105,7 @@ class VMManager:
         self._create_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._host_key_events: dict[int, asyncio.Event] = {}
-        # Held while `cp` makes a disk layer and while unused layers are deleted.
+        # Held while a disk file is made and recorded, and while unused disk files are deleted.
         self._layers_lock = asyncio.Lock()
         self.details = VMDetailsStore(store)
         self.stats = StatsSampler(self)
@@ -113,16 +115,40 @@ class VMManager:
     def vm_dir(self, vm: VM) -> Path:
         return self.config.data_dir / "vms" / str(vm.id)
 
+    def disk_link(self, vm: VM) -> Path:
+        """Symbolic link to the VM's disk, the top qcow2 file of its chain in `disks_dir`."""
+        return self.vm_dir(vm) / "disk"
+
     def disk_path(self, vm: VM) -> Path:
+        """Return the VM's disk: the file its link points at, or vm_dir/disk.qcow2 without a link.
+
+        QEMU gets this resolved path, never the link, because it reopens a disk by the path it
+        was given when a snapshot makes the disk read-only.
+        """
+        link = self.disk_link(vm)
+        if link.is_symlink():
+            return Path(os.path.realpath(link))
         return self.vm_dir(vm) / "disk.qcow2"
+
+    def _new_disk_path(self, vm: VM) -> Path:
+        return self.disks_dir / f"vm{vm.id}-{secrets.token_hex(6)}.qcow2"
+
+    def _point_disk(self, vm: VM, path: Path) -> None:
+        """Make the VM's disk link point at `path`, replacing the link atomically."""
+        link = self.disk_link(vm)
+        temporary = link.with_name(link.name + ".new")
+        temporary.unlink(missing_ok=True)
+        temporary.symlink_to(path.absolute())
+        os.replace(temporary, link)
 
     def setup_log_path(self, vm: VM) -> Path:
         """Output of the VM's first-boot setup script, as the guest reported it."""
         return self.vm_dir(vm) / "setup.log"
 
     @property
-    def layers_dir(self) -> Path:
-        return self.config.data_dir / "layers"
+    def disks_dir(self) -> Path:
+        """Every VM's qcow2 files: tops and the layers that copies share."""
+        return self.config.data_dir / "disks"
 
     def spec(self, vm: VM) -> VMSpec:
         image = _manifest_at(Path(vm.image_path))
@@ -232,7 +258,11 @@ class VMManager:
             try:
                 progress(f"creating disk ({format_size(vm.disk_bytes)}, copy-on-write)")
                 self.vm_dir(vm).mkdir(parents=True, exist_ok=True)
-                await disks.create_disk(manifest.rootfs, self.disk_path(vm), vm.disk_bytes)
+                self.disks_dir.mkdir(parents=True, exist_ok=True)
+                async with self._layers_lock:
+                    disk = self._new_disk_path(vm)
+                    await disks.create_disk(manifest.rootfs, disk, vm.disk_bytes)
+                    self._point_disk(vm, disk)
                 return await self._boot(vm, progress)
             except BaseException as exc:
                 await self._discard_new(vm, owner, exc)
@@ -244,6 +274,7 @@ class VMManager:
         log.warning("vm=%s create failed, removing it: %s", vm.name, reason)
         await self._destroy(vm)
         self.store.add_event(None, vm.name, owner.id, "create_failed", reason[:500])
+        await self.remove_unused_layers()
 
     async def start(self, vm: VM, progress: Progress = _no_progress) -> VM:
         async with self._lock(vm):
@@ -293,10 +324,10 @@ class VMManager:
         await self.remove_unused_layers()
 
     async def remove_unused_layers(self) -> None:
-        """Delete the disk layers of `cp` that no VM's disk refers to any more."""
+        """Delete the disk files that no VM's disk chain refers to any more."""
         async with self._layers_lock:
             disk_paths = [self.disk_path(vm) for vm in self.store.list_vms()]
-            snapshots.remove_unused_layers(self.layers_dir, disk_paths)
+            snapshots.remove_unused_layers(self.disks_dir, disk_paths)
 
     def _check_start(self, vm: VM) -> None:
         """Check the owner's limits for booting a stopped VM, with its pending resize."""
@@ -388,9 +419,17 @@ class VMManager:
                 progress(f'flushing the file systems of "{source.name}"')
                 await self._guest_run(source, "sync", check=False)
             progress(f'snapshotting the disk of "{source.name}" (copy-on-write)')
+            self.disks_dir.mkdir(parents=True, exist_ok=True)
             async with self._layers_lock:
-                layer = await _uncancellable(snapshots.freeze_disk(self.runtime, spec, self.layers_dir))
-                await disks.create_overlay(layer, self.disk_path(copy), copy.disk_bytes)
+
+                def repoint(path: Path) -> None:
+                    self._point_disk(source, path)
+
+                freeze = snapshots.freeze_disk(self.runtime, spec, self._new_disk_path(source), repoint)
+                layer = await _uncancellable(freeze)
+                disk = self._new_disk_path(copy)
+                await disks.create_overlay(layer, disk, copy.disk_bytes)
+                self._point_disk(copy, disk)
 
     async def rename(self, vm: VM, new_name: str) -> VM:
         """Rename a VM: its URL follows at once; the guest's hostname too if it runs.
@@ -660,14 +699,42 @@ class VMManager:
         if self.runtime.pid(spec) is not None:
             await self.runtime.stop(spec, timeout=5.0)
         await self.network.delete_tap(spec.tap)
-        with contextlib.suppress(FileNotFoundError):
-            await disks.delete_disk(self.disk_path(vm))
-        shutil.rmtree(self.vm_dir(vm), ignore_errors=True)
+        self._delete_files(vm)
         self.store.delete_vm(vm.id)
         try:
             await self.listener.vm_removed(vm.name)
         except UssycodeError as exc:
             log.error("vm=%s route removal failed: %s", vm.name, exc)
+
+    def _delete_files(self, vm: VM) -> None:
+        """Delete the VM's directory and its disk, but no file that another VM's disk chain uses.
+
+        Such a file is a disk made before the disks directory existed, which a copy uses as a
+        layer; it stays until `remove_unused_layers` finds it unused.
+        """
+        others = [self.disk_path(other) for other in self.store.list_vms() if other.id != vm.id]
+        try:
+            shared = snapshots.referenced_layers(others)
+        except UssycodeError as exc:
+            log.warning("vm=%s keeping its disk files: a backing chain is unreadable: %s", vm.name, exc)
+            return
+        disk = self.disk_path(vm).absolute()
+        if disk not in shared:
+            with contextlib.suppress(FileNotFoundError):
+                disk.unlink()
+                log.info("vm=%s deleted disk %s", vm.name, disk)
+        vm_dir = self.vm_dir(vm)
+        if not vm_dir.is_dir():
+            return
+        for entry in vm_dir.iterdir():
+            if entry.absolute() in shared:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            vm_dir.rmdir()
 
     # Host keys reported by the guest through the metadata service.
 

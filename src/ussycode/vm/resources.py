@@ -6,23 +6,12 @@ default unit (GiB for disks, MiB for memory).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ussycode.config import Config, format_size, parse_size
 from ussycode.errors import InvalidInput, QuotaExceeded
 
 MIB = 1024**2
 # Below this a Debian guest with systemd and sshd runs out of memory while it boots.
 MIN_MEMORY_MB = 256
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What a VM boots with: vCPUs, memory in MiB and disk size in bytes."""
-
-    cpus: int
-    memory_mb: int
-    disk_bytes: int
 
 
 def parse_cpus(text: str, config: Config, flag: str = "--cpu") -> int:

@@ -1,14 +1,15 @@
 """Copy-on-write snapshots of VM disks, for `cp`.
 
 A VM's disk is a chain of qcow2 files: its own writable overlay on top, read-only layers below,
-and the image's raw root filesystem at the bottom. `freeze_disk` turns the current overlay into
-a read-only layer in `<data-dir>/layers` and gives the VM a new empty overlay over it, so that a
-copy can get its own overlay over the same layer. Both steps write only qcow2 headers, so a copy
-takes the same time whatever the size of the disk or the data on it.
+and the image's raw root filesystem at the bottom. `freeze_disk` puts a new empty overlay on top
+of the VM's current one, which from then on is a read-only layer that a copy can get its own
+overlay over. Both steps write only qcow2 headers, so a copy takes the same time whatever the
+size of the disk or the data on it.
 
 A running VM keeps running: QEMU switches its writes to the new overlay (QMP
-blockdev-snapshot-sync) after the old one has been renamed, which QEMU does not notice because it
-holds the file open. Layers that no disk refers to any more are deleted by `remove_unused_layers`.
+blockdev-snapshot-sync). No file is renamed, because QEMU reopens the old overlay by its path
+when it makes it read-only. Files that no disk refers to any more are deleted by
+`remove_unused_layers`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ussycode.errors import UssycodeError
@@ -29,41 +29,43 @@ log = logging.getLogger(__name__)
 LAYER_SUFFIX = ".qcow2"
 
 
-async def freeze_disk(runtime: VMRuntime, spec: VMSpec, layers_dir: Path) -> Path:
-    """Make the VM's current overlay a read-only layer and put a new overlay over it.
+async def freeze_disk(
+    runtime: VMRuntime, spec: VMSpec, new_top: Path, repoint: Callable[[Path], None]
+) -> Path:
+    """Put the new empty overlay `new_top` over the VM's disk and return the old disk, now a layer.
 
-    Returns the layer. The caller holds the VM's lock, so it does not start or stop meanwhile.
-    On failure the VM keeps writing to its old overlay, under its old name.
+    `repoint(path)` records which file is the VM's disk. It is called with `new_top` before a
+    running VM switches to it, and with the old disk if the switch fails, so a crash in between
+    leaves the VM's next boot on `new_top`, which shows everything written to the old disk. The
+    caller holds the VM's lock, so the VM does not start or stop meanwhile.
 
     :raise RuntimeFailure: qemu-img failed or QEMU rejected the switch.
     """
-    disk, layer = _new_layer_path(spec, layers_dir)
-    size = disks.qcow2_virtual_size(disk)
+    layer = _absolute(spec.disk)
+    size = disks.qcow2_virtual_size(layer)
     running = runtime.pid(spec) is not None
 
-    os.rename(disk, layer)
+    await disks.create_overlay(layer, new_top, size)
     try:
-        await disks.create_overlay(layer, disk, size)
+        repoint(new_top)
         if running:
             # NOTE: if the QMP reply is lost after QEMU switched, this rollback deletes the file
             # QEMU now writes to. QEMU replies within milliseconds, so only a server crash at
             # that moment can cause it.
-            await runtime.snapshot_disk(spec, disk)
+            await runtime.snapshot_disk(spec, _absolute(new_top))
     except BaseException:
+        repoint(layer)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(disk)
-        os.rename(layer, disk)
+            os.unlink(new_top)
         raise
-    os.chmod(layer, 0o400)
-    log.info("vm=%s disk frozen into layer %s (running=%s)", spec.name, layer.name, running)
+    log.info(
+        "vm=%s disk %s is a layer under %s now (running=%s)", spec.name, layer.name, new_top.name, running
+    )
     return layer
 
 
-def _new_layer_path(spec: VMSpec, layers_dir: Path) -> tuple[Path, Path]:
-    """Return the VM's disk as an absolute path and a new, unused layer name in `layers_dir`."""
-    layers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    layer = layers_dir.absolute() / f"{spec.vm_id}-{secrets.token_hex(6)}{LAYER_SUFFIX}"
-    return spec.disk.absolute(), layer
+def _absolute(path: Path) -> Path:
+    return path.absolute()
 
 
 def referenced_layers(disk_paths: Iterable[Path]) -> set[Path]:

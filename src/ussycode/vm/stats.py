@@ -1,6 +1,6 @@
 """Resource use of running VMs, sampled by the server into a one-hour ring buffer per VM.
 
-Each sample holds counters as the host sees them: QEMU's CPU time and resident memory (from
+Each sample contains counters as measured on the host: QEMU's CPU time and resident memory (from
 /proc), the bytes its disk device read and wrote (QMP query-blockstats), the bytes through the
 VM's TAP device (sysfs), and the bytes allocated in the VM's own disk layers. Rates come from the
 difference of two samples. Samples live in memory only, so a server restart starts a new hour.
@@ -138,8 +138,8 @@ class StatsSampler:
         if usage is None:
             return None
         statistics = SYSFS_NET / Network.tap_name(vm.id) / "statistics"
-        # The TAP device's receive counter is what the guest sent, and its transmit counter
-        # is what the guest received; the sample is from the guest's point of view.
+        # The TAP device receives what the guest sends and transmits what it receives. The
+        # sample is from the guest's point of view, so the counters are swapped.
         return Sample(
             time=time.time(),
             cpu_seconds=usage.cpu_seconds,
@@ -164,7 +164,8 @@ class StatsSampler:
                 continue
             try:
                 sample = await self.sample(vm)
-            except (UssycodeError, OSError) as exc:
+            except (UssycodeError, OSError, ValueError, KeyError, IndexError) as exc:
+                # A VM that stops while it is sampled, or an odd QMP reply, skips one sample.
                 log.debug("vm=%s sampling failed: %s", vm.name, exc)
                 continue
             if sample is not None:

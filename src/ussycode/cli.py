@@ -68,8 +68,12 @@ def inline_setup_script(command_line: str) -> str:
         name, sep, value = word.partition("=")
         if name != "--setup-script":
             continue
-        position = index if sep else index + 1
-        path = value if sep else (argv[index + 1] if index + 1 < len(argv) else "-")
+        if sep:
+            position, path = index, value
+        elif index + 1 < len(argv):
+            position, path = index + 1, argv[index + 1]
+        else:
+            return command_line
         if path == "-" or "\n" in path:
             return command_line
         try:

@@ -59,7 +59,7 @@ class InputTerminal(Protocol):
     async def read_input(self, hint: str, max_bytes: int) -> str | None:
         """Return text the user sends, up to end of input, or None if there is none to read.
 
-        `hint` tells an interactive user how to end the input.
+        `hint` shows an interactive user how to end the input.
         :raise InvalidInput: the input is over `max_bytes` bytes.
         """
 
@@ -78,7 +78,7 @@ class AttachTerminal(Protocol):
 class CommandContext:
     """What a command runs with: the platform, the user, and how output is shown.
 
-    `color` allows ANSI colours and `width` is the terminal's width in columns; both are set
+    `color` allows ANSI colours and `width` is the terminal's width in columns. Both are set
     only for a terminal (a PTY), so piped output and JSON stay plain.
     """
 

@@ -104,7 +104,7 @@ async def _qemu_img_create(path: Path, backing_args: list[str], size_bytes: int)
 async def create_overlay(backing: Path, path: Path, size_bytes: int) -> None:
     """Create the qcow2 overlay `path` of `size_bytes` over the qcow2 layer `backing`.
 
-    qemu-img does not open `backing` (`-u`), so this works while a running QEMU holds it, and
+    qemu-img does not open `backing` (`-u`), so this works while a running QEMU has it open, and
     takes the same time whatever the size of the layers below.
 
     :raise NotFound: `backing` does not exist.
@@ -129,7 +129,7 @@ async def grow_disk(path: Path, size_bytes: int) -> None:
     """Grow the virtual size of the qcow2 disk `path` of a stopped VM to `size_bytes`.
 
     :raise InvalidInput: `size_bytes` is smaller than the disk.
-    :raise RuntimeFailure: qemu-img failed, for example because a running QEMU holds `path`.
+    :raise RuntimeFailure: qemu-img failed, for example because a running QEMU has `path` open.
     """
     current = qcow2_virtual_size(path)
     if size_bytes < current:

@@ -630,8 +630,8 @@ class VMManager:
     ) -> asyncssh.SSHClientConnection:
         """Open an SSH connection to the guest's sshd as the guest user, pinning its host keys.
 
-        With `agent_path`, the path of a user's forwarded ssh-agent socket on this host, sessions
-        on the connection forward that agent into the guest; it is not used to log in.
+        `agent_path` is the path of a user's forwarded ssh-agent socket on this host. Sessions on
+        the connection forward that agent into the guest, but it is not used to log in.
 
         :raise RuntimeFailure: the guest has not reported host keys yet or did not accept us.
         """
@@ -709,8 +709,8 @@ class VMManager:
     def _delete_files(self, vm: VM) -> None:
         """Delete the VM's directory and its disk, but no file that another VM's disk chain uses.
 
-        Such a file is a disk made before the disks directory existed, which a copy uses as a
-        layer; it stays until `remove_unused_layers` finds it unused.
+        Such a file is a disk made before the disks directory existed that a copy uses as a
+        layer. It stays until `remove_unused_layers` finds it unused.
         """
         others = [self.disk_path(other) for other in self.store.list_vms() if other.id != vm.id]
         try:

@@ -301,7 +301,7 @@ class QemuRuntime:
         log.info("vm=%s writes to %s from now on", spec.name, overlay)
 
     async def grow_disk(self, spec: VMSpec, size_bytes: int) -> None:
-        """Grow the running VM's disk (QMP block_resize); virtio-blk tells the guest at once.
+        """Grow the running VM's disk (QMP block_resize); virtio-blk notifies the guest at once.
 
         :raise RuntimeFailure: QEMU is not running or rejected the size.
         """

@@ -229,6 +229,7 @@ def test_errors_with_a_vm(surface: Surface) -> None:
         f"share show {VM}",
     ):  # fmt: skip
         expect_error(surface, line, "not_found", not_found, user=surface.bob)
+
     expect_error(
         surface,
         f"resize {VM} --disk 2G",
@@ -264,6 +265,7 @@ def test_errors_with_a_vm(surface: Surface) -> None:
         'invalid VM name "Bad_Name": use 3 to 32 lowercase letters, digits and single dashes,'
         " starting with a letter and not ending with a dash",
     )
+
     expect_error(
         surface, f"rm {VM} nope --force", "not_found", 'no VM named "nope": run "ls" to see your VMs'
     )

@@ -89,7 +89,7 @@ class Terminal:
     def wait_for(self, text: str, timeout: float = 30.0, *, count: int = 1) -> str:
         """Wait until `text` shows at least `count` times; return the screen.
 
-        :raise AssertionError: not within `timeout` seconds; the message holds the screen.
+        :raise AssertionError: not within `timeout` seconds; the message contains the screen.
         """
         deadline = time.monotonic() + timeout
         screen = ""

@@ -40,6 +40,9 @@ DEFAULT_CMDS = (
     "share show",
     "ssh-key list",
     "api-key list",
+    "stat",
+    "vm-logs",
+    "doc",
 )
 SHORT_TOKEN_BYTES = 24  # 192 random bits per usy1 handle
 _B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")

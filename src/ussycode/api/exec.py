@@ -1,4 +1,4 @@
-"""`POST /exec`: run one REPL command line with a token, answer with JSON.
+"""`POST /exec`: run one REPL command line with a token and return JSON.
 
 Statuses: 200 success (the command's JSON), 401 missing or invalid token, 403 command not allowed
 by the token, 404 unknown command, 405 not POST, 413 body over 64 KiB, 422 the command failed,

@@ -209,7 +209,7 @@ def verify_signature(message: bytes, blob: bytes) -> tuple[asyncssh.SSHKey, str]
 def parse_usy0(token: str) -> SignedToken:
     """Verify the structure and signature of a `usy0` token (not whether its key is registered).
 
-    :raise InvalidToken: anything about the token is wrong; the message says what.
+    :raise InvalidToken: the token is malformed or its signature does not match; the message names the fault.
     """
     if len(token) > MAX_TOKEN_BYTES:
         raise InvalidToken(f"token too long: the limit is {MAX_TOKEN_BYTES} bytes")

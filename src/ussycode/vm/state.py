@@ -8,8 +8,8 @@ from ussycode.errors import Conflict
 
 
 class VMState(StrEnum):
-    STARTING = "starting"  # the hypervisor runs; the guest's sshd has not answered yet
-    RUNNING = "running"  # sshd answers; the URL is routed to port 8080
+    STARTING = "starting"  # the hypervisor runs; the guest's sshd has not accepted a login yet
+    RUNNING = "running"  # sshd accepts logins; the URL is routed to port 8080
     STOPPING = "stopping"
     STOPPED = "stopped"
 

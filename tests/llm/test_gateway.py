@@ -4,13 +4,13 @@ isolation between users, and keys kept out of responses and logs."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from pathlib import Path
 
 import pytest
 
-from tests.llm.harness import ALICE_FP, ALICE_IP, BOB_IP, STRANGER_IP, Stack, gateway_stack
+from tests.framework import openapi
+from tests.llm.harness import ALICE_FP, ALICE_IP, BOB_IP, STRANGER_IP, Reply, Stack, gateway_stack
 from tests.llm.provider_standin import (
     ANTHROPIC_CACHE_READ,
     ANTHROPIC_INPUT,
@@ -29,6 +29,21 @@ CHAT = {"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGE = {"model": "claude-test", "max_tokens": 64, "messages": [{"role": "user", "content": "hi"}]}
 # What a VM's SDK sends: the placeholder from its environment, which must never reach a provider.
 CLIENT_HEADERS = {"Authorization": "Bearer ussycode-gateway", "x-api-key": "ussycode-gateway"}
+
+
+def openai_error(reply: Reply) -> dict[str, object]:
+    """Return the error of an OpenAI-style gateway error reply, checked against the API document."""
+    document = reply.json()
+    openapi.validate("metadata.yaml", "OpenAIError", document)
+    error: dict[str, object] = document["error"]
+    return error
+
+
+def anthropic_error(reply: Reply) -> dict[str, object]:
+    document = reply.json()
+    openapi.validate("metadata.yaml", "AnthropicError", document)
+    error: dict[str, object] = document["error"]
+    return error
 
 
 def set_own_key(stack: Stack, user_id: int, provider: str, key: str) -> None:
@@ -129,7 +144,7 @@ def test_gateway_counts_plain_responses(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_gateway_budget_refused_openai(tmp_path: Path) -> None:
+def test_gateway_budget_rejected_openai(tmp_path: Path) -> None:
     async def scenario() -> None:
         environ = {
             "USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI,
@@ -140,12 +155,12 @@ def test_gateway_budget_refused_openai(tmp_path: Path) -> None:
             assert first.status == 200
             refused = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
             assert refused.status == 429
-            error = refused.json()["error"]
+            error = openai_error(refused)
             assert set(error) == {"message", "type", "param", "code"}
             assert error["type"] == "insufficient_quota"
             assert error["code"] == "insufficient_quota"
-            assert error["message"].startswith("daily LLM budget used up: 18 of 10 tokens")
-            assert "llm-key set openai -" in error["message"]
+            assert str(error["message"]).startswith("daily LLM budget used up: 18 of 10 tokens")
+            assert "llm-key set openai -" in str(error["message"])
             assert len(stack.standin.requests) == 1
 
             # Bob's budget is his own, and alice's own key goes on without a budget.
@@ -157,7 +172,7 @@ def test_gateway_budget_refused_openai(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_gateway_budget_refused_anthropic(tmp_path: Path) -> None:
+def test_gateway_budget_rejected_anthropic(tmp_path: Path) -> None:
     async def scenario() -> None:
         environ = {
             "USSYCODE_LLM_ANTHROPIC_KEY": PLATFORM_ANTHROPIC,
@@ -166,16 +181,15 @@ def test_gateway_budget_refused_anthropic(tmp_path: Path) -> None:
         async with gateway_stack(tmp_path, environ) as stack:
             refused = await stack.request(ALICE_IP, "anthropic", "v1/messages", MESSAGE)
             assert refused.status == 429
-            document = refused.json()
-            assert document["type"] == "error"
-            assert document["error"]["type"] == "rate_limit_error"
-            assert document["error"]["message"].startswith("daily LLM budget used up: 0 of 0 tokens")
+            error = anthropic_error(refused)
+            assert error["type"] == "rate_limit_error"
+            assert str(error["message"]).startswith("daily LLM budget used up: 0 of 0 tokens")
             assert stack.standin.requests == []
 
     asyncio.run(scenario())
 
 
-def test_gateway_rate_limit_refused(tmp_path: Path) -> None:
+def test_gateway_rate_limit_rejected(tmp_path: Path) -> None:
     async def scenario() -> None:
         environ = {
             "USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI,
@@ -188,14 +202,14 @@ def test_gateway_rate_limit_refused(tmp_path: Path) -> None:
             refused = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
             assert refused.status == 429
             assert int(refused.headers["Retry-After"]) >= 1
-            error = refused.json()["error"]
+            error = openai_error(refused)
             assert error["code"] == "rate_limit_exceeded"
             assert error["type"] == "requests"
-            assert error["message"].startswith("rate limit of 2 LLM requests per minute reached")
+            assert str(error["message"]).startswith("rate limit of 2 LLM requests per minute reached")
 
             anthropic = await stack.request(ALICE_IP, "anthropic", "v1/messages", MESSAGE)
             assert anthropic.status == 429
-            assert anthropic.json()["error"]["type"] == "rate_limit_error"
+            assert anthropic_error(anthropic)["type"] == "rate_limit_error"
             assert len(stack.standin.requests) == 2
 
             # The limit is per user: bob still gets through.
@@ -212,7 +226,7 @@ def test_gateway_own_key_rate_limit(tmp_path: Path) -> None:
             assert (await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)).status == 200
             refused = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
             assert refused.status == 429
-            assert "(own key)" in refused.json()["error"]["message"]
+            assert "(own key)" in openai_error(refused)["message"]
 
     asyncio.run(scenario())
 
@@ -225,7 +239,7 @@ def test_gateway_vm_uses_only_its_owner_key(tmp_path: Path) -> None:
                 BOB_IP, "openai", "v1/chat/completions", CHAT, headers=CLIENT_HEADERS
             )
             assert refused.status == 401
-            assert refused.json()["error"]["code"] == "no_api_key"
+            assert openai_error(refused)["code"] == "no_api_key"
             assert stack.standin.requests == []
 
             # A VM cannot pick another user's key by sending one: client credentials are dropped.
@@ -267,7 +281,7 @@ def test_gateway_routussy_fallback(tmp_path: Path) -> None:
             # Routussy takes OpenAI-style requests only.
             anthropic = await stack.request(ALICE_IP, "anthropic", "v1/messages", MESSAGE)
             assert anthropic.status == 401
-            assert anthropic.json()["error"]["type"] == "authentication_error"
+            assert anthropic_error(anthropic)["type"] == "authentication_error"
 
     asyncio.run(scenario())
 
@@ -298,14 +312,14 @@ def test_gateway_unknown_address_and_provider(tmp_path: Path) -> None:
         async with gateway_stack(tmp_path, {"USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI}) as stack:
             stranger = await stack.request(STRANGER_IP, "openai", "v1/chat/completions", CHAT)
             assert stranger.status == 403
-            assert stranger.json()["error"]["message"] == "this address belongs to no VM"
+            assert openai_error(stranger)["message"] == "this address belongs to no VM"
             stranger = await stack.request(STRANGER_IP, "anthropic", "v1/messages", MESSAGE)
             assert stranger.status == 403
-            assert stranger.json()["error"]["type"] == "permission_error"
+            assert anthropic_error(stranger)["type"] == "permission_error"
 
             unknown = await stack.request(ALICE_IP, "gemini", "v1/chat/completions", CHAT)
             assert unknown.status == 404
-            assert unknown.json()["error"]["message"] == (
+            assert openai_error(unknown)["message"] == (
                 "unknown LLM provider 'gemini': this gateway serves anthropic, fireworks, openai, openrouter"
             )
             assert stack.standin.requests == []
@@ -325,12 +339,12 @@ def test_gateway_upstream_unreachable(tmp_path: Path) -> None:
         async with gateway_stack(tmp_path, environ) as stack:
             reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
             assert reply.status == 502
-            error = reply.json()["error"]
+            error = openai_error(reply)
             assert error["code"] == "upstream_unavailable"
-            assert error["message"].startswith("cannot reach openai at http://127.0.0.1:1:")
+            assert str(error["message"]).startswith("cannot reach openai at http://127.0.0.1:1:")
             anthropic = await stack.request(ALICE_IP, "anthropic", "v1/messages", MESSAGE)
             assert anthropic.status == 502
-            assert anthropic.json()["error"]["type"] == "api_error"
+            assert anthropic_error(anthropic)["type"] == "api_error"
             assert usage_rows(stack, stack.alice.id) == [
                 ("anthropic", "platform", 1, 0, 0),
                 ("openai", "platform", 1, 0, 0),
@@ -345,7 +359,7 @@ def test_gateway_request_too_large(tmp_path: Path) -> None:
             big = {"model": "gpt-test", "messages": [{"role": "user", "content": "x" * (33 * 1024 * 1024)}]}
             reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", big)
             assert reply.status == 413
-            assert reply.json()["error"]["code"] == "request_too_large"
+            assert openai_error(reply)["code"] == "request_too_large"
             assert stack.standin.requests == []
 
     asyncio.run(scenario())
@@ -378,7 +392,7 @@ def test_gateway_keys_not_in_responses_or_logs(tmp_path: Path, caplog: pytest.Lo
         assert key not in logged
 
 
-def test_gateway_suspended_user_refused(tmp_path: Path) -> None:
+def test_gateway_suspended_user_rejected(tmp_path: Path) -> None:
     async def scenario() -> None:
         from ussycode.store.trust import TrustStore
 
@@ -386,7 +400,7 @@ def test_gateway_suspended_user_refused(tmp_path: Path) -> None:
             TrustStore(stack.store).set_suspended(stack.alice.id, "newbie", suspended=True, reason="abuse")
             reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
             assert reply.status == 403
-            assert reply.json()["error"]["message"] == "user alice is suspended: abuse"
+            assert openai_error(reply)["message"] == "user alice is suspended: abuse"
             assert stack.standin.requests == []
 
     asyncio.run(scenario())
@@ -416,12 +430,40 @@ def test_gateway_error_body_shape(tmp_path: Path) -> None:
             reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
             assert reply.status == 401
             assert reply.headers["Content-Type"].startswith("application/json")
-            document = reply.json()
-            assert list(document) == ["error"]
-            assert document["error"]["param"] is None
-            assert "llm-key set openai -" in document["error"]["message"]
+            error = openai_error(reply)
+            assert error["param"] is None
+            assert "llm-key set openai -" in str(error["message"])
             anthropic = await stack.request(ALICE_IP, "anthropic", "v1/messages", MESSAGE)
-            assert list(anthropic.json()) == ["type", "error"]
-            assert json.loads(anthropic.body)["error"]["type"] == "authentication_error"
+            assert anthropic_error(anthropic)["type"] == "authentication_error"
+
+    asyncio.run(scenario())
+
+
+def test_gateway_client_leaves_mid_stream(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with gateway_stack(tmp_path, {"USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI}, gated=True) as stack:
+            url = f"{stack.url}/gateway/llm/openai/v1/chat/completions"
+            async with stack.session(ALICE_IP) as client:
+                response = await client.post(url, json={**CHAT, "stream": True})
+                await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
+                response.close()
+            stack.standin.release.set()
+
+            # The usage chunk is counted if it arrived before the gateway noticed the client left.
+            def counted() -> bool:
+                return usage_rows(stack, stack.alice.id) in (
+                    [("openai", "platform", 1, 0, 0)],
+                    [("openai", "platform", 1, 11, 7)],
+                )
+
+            for _ in range(100):
+                if counted():
+                    break
+                await asyncio.sleep(0.05)
+            assert counted(), usage_rows(stack, stack.alice.id)
+
+            # The gateway goes on serving.
+            reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
+            assert reply.status == 200
 
     asyncio.run(scenario())

@@ -101,13 +101,16 @@ def _llm_usage_arguments(parser: ArgumentParser) -> None:
 async def llm_usage(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     if not 1 <= args.days <= MAX_USAGE_DAYS:
         raise InvalidInput(f"--days {args.days}: expected 1 to {MAX_USAGE_DAYS}")
+
     services = ctx.services
+    counters = LLMStore(services.store)
     today = datetime.now(UTC).date()
     since = (today - timedelta(days=args.days - 1)).isoformat()
-    rows = LLMStore(services.store).usage(ctx.user.id, since_day=since)
+    rows = counters.usage(ctx.user.id, since_day=since)
     tier, _ = user_tier(services.store, services.config, ctx.user)
     limits = llm_limits(services.config, tier)
-    used_today = LLMStore(services.store).budget_tokens_used(ctx.user.id, today.isoformat())
+    used_today = counters.budget_tokens_used(ctx.user.id, today.isoformat())
+
     budget = {
         "tier": tier.value,
         "tokens_per_day": limits.tokens_per_day,
@@ -129,6 +132,7 @@ async def llm_usage(ctx: CommandContext, args: argparse.Namespace) -> CommandRes
             for row in rows
         ],
     }
+
     summary = (
         f"platform budget today: {used_today} of {limits.tokens_per_day} tokens"
         f" (tier {tier.value}, {limits.requests_per_minute} requests per minute)"

@@ -89,7 +89,7 @@ DROPPED_RESPONSE_HEADERS = frozenset(
 
 @dataclass(frozen=True)
 class Route:
-    """Where one request goes: the base URL, the key, and which counters and limits apply."""
+    """The destination of one request: base URL, key, and the key source that selects counters and limits."""
 
     source: str
     base_url: str
@@ -97,8 +97,8 @@ class Route:
     requests_per_minute: int
 
 
-class Refusal(Exception):
-    """A request the gateway answers itself, with an error in the provider's format."""
+class Rejection(Exception):
+    """A request that the gateway rejects itself, with an error in the provider's format."""
 
     def __init__(self, status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -166,11 +166,13 @@ class LLMGateway:
         try:
             route = self._route(provider, owner)
             body = await self._read_body(request)
-        except Refusal as refusal:
+        except Rejection as rejection:
             log.info(
-                "vm=%s user=%s llm provider=%s refused: %s", vm.name, owner.handle, name, refusal.message
+                "vm=%s user=%s llm provider=%s rejected: %s", vm.name, owner.handle, name, rejection.message
             )
-            return error_response(style, refusal.status, refusal.kind, refusal.message, refusal.headers)
+            return error_response(
+                style, rejection.status, rejection.kind, rejection.message, rejection.headers
+            )
         body = self._with_stream_usage(provider, request.match_info["path"], body)
         return await self._forward(request, vm=vm, owner=owner, provider=provider, route=route, body=body)
 
@@ -179,16 +181,16 @@ class LLMGateway:
     def _route(self, provider: Provider, owner: User) -> Route:
         """Return where the request goes, after the owner's limits allow it.
 
-        :raise Refusal: the owner is suspended, over a limit, or has no key for the provider.
+        :raise Rejection: the owner is suspended, over a limit, or has no key for the provider.
         """
         user_standing = standing(self.store, self.config, owner)
         if user_standing.suspended:
             reason = user_standing.suspended_why
-            raise Refusal(403, "forbidden", f"user {owner.handle} is suspended: {reason}")
+            raise Rejection(403, "forbidden", f"user {owner.handle} is suspended: {reason}")
         try:
             own_key = self.vault.get(owner.id, provider.name)
         except UssycodeError as exc:
-            raise Refusal(401, "no_key", exc.message) from exc
+            raise Rejection(401, "no_key", exc.message) from exc
         if own_key is not None:
             route = Route("own", provider.base_url, own_key, self.config.llm_own_key_rpm)
             self._check_rate(owner, route)
@@ -198,7 +200,7 @@ class LLMGateway:
         if provider.platform_key:
             used = self.usage.budget_tokens_used(owner.id, utc_day())
             if used >= limits.tokens_per_day:
-                raise Refusal(
+                raise Rejection(
                     429,
                     "budget",
                     f"daily LLM budget used up: {used} of {limits.tokens_per_day} tokens on platform keys"
@@ -221,7 +223,7 @@ class LLMGateway:
                 self._check_rate(owner, route)
                 return route
 
-        raise Refusal(
+        raise Rejection(
             401,
             "no_key",
             f"no API key for {provider.name}: the platform has none, so add your own with"
@@ -236,7 +238,7 @@ class LLMGateway:
         wait = limiter.acquire(f"{owner.id}:{route.source}")
         if wait > 0:
             seconds = math.ceil(wait)
-            raise Refusal(
+            raise Rejection(
                 429,
                 "rate_limit",
                 f"rate limit of {rpm} LLM requests per minute reached ({route.source} key):"
@@ -249,13 +251,13 @@ class LLMGateway:
     async def _read_body(self, request: web.Request) -> bytes:
         """Read the request body; it is forwarded whole, so its size is capped.
 
-        :raise Refusal: the body is over `MAX_REQUEST_BYTES`.
+        :raise Rejection: the body is over `MAX_REQUEST_BYTES`.
         """
         body = bytearray()
         async for chunk in request.content.iter_chunked(64 * 1024):
             body += chunk
             if len(body) > MAX_REQUEST_BYTES:
-                raise Refusal(
+                raise Rejection(
                     413,
                     "too_large",
                     f"request body over {MAX_REQUEST_BYTES // (1024 * 1024)} MiB: send less context",
@@ -318,9 +320,19 @@ class LLMGateway:
                     if key.lower() not in DROPPED_RESPONSE_HEADERS:
                         response.headers.add(key, value)
                 await response.prepare(request)
-                async for chunk in upstream.content.iter_any():
-                    meter.feed(chunk)
-                    await response.write(chunk)
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        meter.feed(chunk)
+                        await response.write(chunk)
+                except ConnectionResetError:
+                    # aiohttp's ClientConnectionResetError: the VM closed the connection mid-stream.
+                    log.info(
+                        "vm=%s user=%s llm provider=%s client closed the stream",
+                        vm.name,
+                        owner.handle,
+                        provider.name,
+                    )
+                    return response
                 await response.write_eof()
                 return response
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -3,8 +3,8 @@
 OpenAI-style APIs put `usage` with `prompt_tokens`/`completion_tokens` (chat completions) or
 `input_tokens`/`output_tokens` (responses, where stream events nest it under `response`) in the
 body, or in the last chunk of a stream when `stream_options.include_usage` is set. Anthropic
-puts `usage` in a message, in the `message_start` event, and cumulative counts in each
-`message_delta` event; its `input_tokens` exclude cache reads and writes, which are added here.
+puts `usage` in a message and in the `message_start` event, and cumulative counts in each
+`message_delta` event. Its `input_tokens` exclude cache reads and writes, so those are added here.
 Every count is cumulative, so a later value replaces an earlier one.
 """
 

@@ -51,6 +51,8 @@ def set_own_key(stack: Stack, user_id: int, provider: str, key: str) -> None:
 
 
 def usage_rows(stack: Stack, user_id: int) -> list[tuple[str, str, int, int, int]]:
+    """Return the user's stored counters, after writing the gateway's unwritten ones."""
+    stack.gateway.usage.flush()
     return [
         (row.provider, row.source, row.requests, row.input_tokens, row.output_tokens)
         for row in LLMStore(stack.store).usage(user_id)

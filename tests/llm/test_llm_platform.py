@@ -161,9 +161,14 @@ def test_llm_gateway_from_vm(llm_platform: Platform) -> None:
     assert isinstance(headers, dict)
     assert headers["authorization"] == f"Bearer {OWN_KEY}"
 
-    usage = json.loads(platform.ssh(alice, "llm-usage --json").stdout)["usage"]
-    counted = {(row["provider"], row["source"]): (row["requests"], row["total_tokens"]) for row in usage}
-    assert counted == {("openai", "platform"): (1, 18), ("openai", "own"): (1, 18)}
+    # The gateway writes its counters within half a second.
+    expected = {("openai", "platform"): (1, 18), ("openai", "own"): (1, 18)}
+
+    def counted() -> dict[tuple[str, str], tuple[int, int]]:
+        usage = json.loads(platform.ssh(alice, "llm-usage --json").stdout)["usage"]
+        return {(row["provider"], row["source"]): (row["requests"], row["total_tokens"]) for row in usage}
+
+    wait_until(lambda: counted() == expected, 10, "llm-usage to count both requests")
 
     server_log = platform.log_path.read_text()
     assert "llm POST provider=openai source=platform status=200 tokens_in=11 tokens_out=7" in server_log

@@ -34,6 +34,7 @@ from ussycode.config import Config
 from ussycode.errors import UssycodeError
 from ussycode.llm.errors import error_response
 from ussycode.llm.keys import KeyVault
+from ussycode.llm.ledger import UsageLedger
 from ussycode.llm.limits import llm_limits
 from ussycode.llm.providers import ErrorStyle, Provider, providers
 from ussycode.llm.usage import UsageMeter
@@ -50,6 +51,8 @@ CONNECT_TIMEOUT_SECONDS = 15.0
 # A model may think for minutes before its first token.
 READ_TIMEOUT_SECONDS = 600.0
 REDACTED = "[redacted]"
+# Upstream connections open at once, over all VMs; a stream holds one for its whole length.
+MAX_UPSTREAM_CONNECTIONS = 512
 
 # Request headers never forwarded: credentials the VM may send, hop-by-hop headers, and headers
 # that aiohttp sets itself.
@@ -120,7 +123,7 @@ class LLMGateway:
         self.store = store
         self.vm_for = vm_for
         self.providers = providers(config)
-        self.usage = LLMStore(store)
+        self.usage = UsageLedger(LLMStore(store))
         self._vault: KeyVault | None = None
         self._limiters: dict[int, RateLimiter] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -135,6 +138,7 @@ class LLMGateway:
         app.router.add_route("*", "/gateway/llm/{provider}/{path:.*}", self.handle)
 
     async def close(self) -> None:
+        self.usage.flush()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -144,7 +148,8 @@ class LLMGateway:
             timeout = aiohttp.ClientTimeout(
                 total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=READ_TIMEOUT_SECONDS
             )
-            self._session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+            connector = aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
         return self._session
 
     # Handler.
@@ -198,6 +203,8 @@ class LLMGateway:
 
         limits = llm_limits(self.config, user_standing.tier)
         if provider.platform_key:
+            # NOTE: tokens are known only when a response ends, so requests running at once all
+            # pass this check and may together go over the budget by their size.
             used = self.usage.budget_tokens_used(owner.id, utc_day())
             if used >= limits.tokens_per_day:
                 raise Rejection(
@@ -361,12 +368,11 @@ class LLMGateway:
             )
         finally:
             tokens = meter.finish() if meter is not None else None
-            self.usage.add_usage(
+            self.usage.add(
                 owner.id,
                 provider.name,
                 day,
                 route.source,
-                requests=1,
                 input_tokens=tokens.input_tokens if tokens else 0,
                 output_tokens=tokens.output_tokens if tokens else 0,
             )

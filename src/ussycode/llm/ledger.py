@@ -1,10 +1,10 @@
 """Usage counters of the LLM gateway, kept in memory and written to the store in batches.
 
-Each SQLite commit waits for the disk (6 to 18 ms measured on the development host), and the
-store is used from the event loop, so committing once per request would stall every stream in
-flight. The ledger adds counts in memory and writes them in one transaction at most
-`FLUSH_SECONDS` after the first unwritten count. The budget check adds the unwritten counts to
-the stored ones, so it sees every finished request at once.
+Each SQLite commit waits for an fsync, and the store is used from the event loop, so committing
+once per request would stall every stream in flight for that long. The ledger adds counts in
+memory and writes them in one transaction at most `FLUSH_SECONDS` after the first unwritten
+count. The budget check adds the unwritten counts to the stored ones, so it includes every
+finished request at once. A crash loses at most the last `FLUSH_SECONDS` of counts.
 """
 
 from __future__ import annotations

@@ -212,7 +212,7 @@ class LLMGateway:
                     "budget",
                     f"daily LLM budget used up: {used} of {limits.tokens_per_day} tokens on platform keys"
                     f" today (tier {user_standing.tier}); it resets at 00:00 UTC. To go on now, add your"
-                    f" own key: ssh {self.config.ssh_host} llm-key set {provider.name} -",
+                    f" own key: {self.config.ssh_command()} llm-key set {provider.name} -",
                 )
             route = Route("platform", provider.base_url, provider.platform_key, limits.requests_per_minute)
             self._check_rate(owner, route)

@@ -151,6 +151,37 @@ def _check_url(text: str) -> str:
     return text.rstrip("/")
 
 
+_PROVIDER_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+def _parse_name_pairs(text: str, what: str) -> tuple[tuple[str, str], ...]:
+    pairs: list[tuple[str, str]] = []
+    for part in text.split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.strip().partition("=")
+        name = name.strip()
+        if not sep or not _PROVIDER_NAME_RE.fullmatch(name) or not value.strip():
+            # Only the name is shown, because the value of a NAME=KEY entry is a secret.
+            shown = f"the entry for {name!r}" if sep else f"entry {len(pairs) + 1}"
+            raise ValueError(
+                f"{shown} is not NAME={what}: NAME is lower-case letters, digits and -, such as ollama"
+            )
+        if any(name == known for known, _ in pairs):
+            raise ValueError(f"{name} is given twice")
+        pairs.append((name, value.strip()))
+    return tuple(pairs)
+
+
+def _check_endpoints(text: str) -> tuple[tuple[str, str], ...]:
+    pairs = _parse_name_pairs(text, "URL")
+    return tuple((name, _check_url(url)) for name, url in pairs)
+
+
+def _check_endpoint_keys(text: str) -> tuple[tuple[str, str], ...]:
+    return _parse_name_pairs(text, "KEY")
+
+
 def _check_level(text: str) -> str:
     upper = text.upper()
     if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -342,10 +373,69 @@ SETTINGS: tuple[Setting, ...] = (
         "listen address of the admin panel (also served at https://<domain>/admin/), HOST:PORT or :PORT",
         parse_addr,
     ),
+    Setting(
+        "llm_secret",
+        "",
+        "secret that encrypts users' LLM keys (a secret: never logged; default: a random one"
+        " generated into <data-dir>/llm-secret)",
+    ),
+    Setting("llm_openai_url", "https://api.openai.com", "base URL of the OpenAI API", _check_url),
+    Setting("llm_anthropic_url", "https://api.anthropic.com", "base URL of the Anthropic API", _check_url),
+    Setting(
+        "llm_fireworks_url", "https://api.fireworks.ai/inference", "base URL of the Fireworks API", _check_url
+    ),
+    Setting("llm_openrouter_url", "https://openrouter.ai/api", "base URL of the OpenRouter API", _check_url),
+    Setting("llm_openai_key", "", "platform key for OpenAI, used within each user's budget (a secret)"),
+    Setting("llm_anthropic_key", "", "platform key for Anthropic (a secret)"),
+    Setting("llm_fireworks_key", "", "platform key for Fireworks (a secret)"),
+    Setting("llm_openrouter_key", "", "platform key for OpenRouter (a secret)"),
+    Setting(
+        "llm_endpoints",
+        "",
+        "extra OpenAI-compatible providers as NAME=URL,... such as ollama=http://10.0.0.1:11434",
+        _check_endpoints,
+    ),
+    Setting(
+        "llm_endpoint_keys",
+        "",
+        "platform keys of the --llm-endpoints providers as NAME=KEY,... (a secret)",
+        _check_endpoint_keys,
+    ),
+    Setting(
+        "llm_routussy",
+        "no",
+        "yes: VMs get OPENCODE_* variables for Routussy at --routussy-url, and the LLM gateway"
+        " sends OpenAI-style requests without another key to Routussy",
+        _check_yes_no,
+    ),
+    Setting(
+        "llm_tier_newbie",
+        "tokens=200000,rpm=20",
+        "LLM limits of the newbie tier on platform keys: tokens per day, requests per minute",
+    ),
+    Setting("llm_tier_citizen", "tokens=1000000,rpm=60", "LLM limits of the citizen tier"),
+    Setting("llm_tier_operator", "tokens=5000000,rpm=120", "LLM limits of the operator tier"),
+    Setting("llm_tier_admin", "tokens=20000000,rpm=300", "LLM limits of the admin tier"),
+    Setting(
+        "llm_own_key_rpm",
+        "300",
+        "requests per minute through the LLM gateway for each user on their own keys",
+        _check_positive_int,
+    ),
 )
 
 # Settings whose values are never shown or logged.
-SECRET_SETTINGS = frozenset({"routussy_internal_key"})
+SECRET_SETTINGS = frozenset(
+    {
+        "routussy_internal_key",
+        "llm_secret",
+        "llm_openai_key",
+        "llm_anthropic_key",
+        "llm_fireworks_key",
+        "llm_openrouter_key",
+        "llm_endpoint_keys",
+    }
+)
 
 _LOCAL_SUFFIXES = ("localhost", "local", "test", "internal", "home.arpa")
 
@@ -396,6 +486,23 @@ class Config:
     tier_admin: str = "vms=100,cpus=8,memory=16G,disk=2T,running=50"
     auth_failures: int = 10
     admin_addr: tuple[str, int] = ("127.0.0.1", 9091)
+    llm_secret: str = field(default="", repr=False)
+    llm_openai_url: str = "https://api.openai.com"
+    llm_anthropic_url: str = "https://api.anthropic.com"
+    llm_fireworks_url: str = "https://api.fireworks.ai/inference"
+    llm_openrouter_url: str = "https://openrouter.ai/api"
+    llm_openai_key: str = field(default="", repr=False)
+    llm_anthropic_key: str = field(default="", repr=False)
+    llm_fireworks_key: str = field(default="", repr=False)
+    llm_openrouter_key: str = field(default="", repr=False)
+    llm_endpoints: tuple[tuple[str, str], ...] = ()
+    llm_endpoint_keys: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    llm_routussy: bool = False
+    llm_tier_newbie: str = "tokens=200000,rpm=20"
+    llm_tier_citizen: str = "tokens=1000000,rpm=60"
+    llm_tier_operator: str = "tokens=5000000,rpm=120"
+    llm_tier_admin: str = "tokens=20000000,rpm=300"
+    llm_own_key_rpm: int = 300
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -514,8 +621,9 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         try:
             checked[setting.name] = setting.check(value)
         except ValueError as exc:
+            shown = "(value hidden)" if setting.name in SECRET_SETTINGS else repr(value)
             raise ConfigError(
-                f"invalid {setting.flag} ({setting.env}, from {sources[setting.name]}): {value!r}: {exc}"
+                f"invalid {setting.flag} ({setting.env}, from {sources[setting.name]}): {shown}: {exc}"
             ) from exc
 
     data_dir = Path(checked["data_dir"]).absolute()
@@ -538,6 +646,9 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
             "--admission routussy needs --routussy-url (USSYCODE_ROUTUSSY_URL) and"
             " USSYCODE_ROUTUSSY_INTERNAL_KEY"
         )
+    if checked["llm_routussy"] and not checked["routussy_url"]:
+        raise ConfigError("--llm-routussy yes needs --routussy-url (USSYCODE_ROUTUSSY_URL)")
+    _check_llm_settings(checked, sources)
     from ussycode.auth.tiers import parse_tier_limits
 
     for tier in ("newbie", "citizen", "operator", "admin"):
@@ -550,3 +661,36 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
                 f"invalid {flag} ({ENV_PREFIX}{name.upper()}, from {sources[name]}): {checked[name]!r}: {exc}"
             ) from exc
     return Config(**checked, sources=sources)
+
+
+def _check_llm_settings(checked: dict[str, Any], sources: dict[str, str]) -> None:
+    """Check the LLM gateway's settings that depend on each other.
+
+    :raise ConfigError: an endpoint reuses a built-in provider's name, a key names no endpoint,
+        or a tier's LLM limits are invalid.
+    """
+    from ussycode.llm.limits import parse_llm_limits
+    from ussycode.llm.providers import BUILTIN_PROVIDERS
+
+    names = [name for name, _ in checked["llm_endpoints"]]
+    for name in names:
+        if name in BUILTIN_PROVIDERS:
+            raise ConfigError(
+                f"invalid --llm-endpoints (USSYCODE_LLM_ENDPOINTS): {name!r} is a built-in provider;"
+                " set its URL with --llm-" + name + "-url instead"
+            )
+    for name, _ in checked["llm_endpoint_keys"]:
+        if name not in names:
+            raise ConfigError(
+                f"invalid USSYCODE_LLM_ENDPOINT_KEYS: {name!r} is not in --llm-endpoints;"
+                " add NAME=URL there first"
+            )
+    for tier in ("newbie", "citizen", "operator", "admin"):
+        name = f"llm_tier_{tier}"
+        try:
+            parse_llm_limits(checked[name])
+        except ValueError as exc:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(
+                f"invalid {flag} ({ENV_PREFIX}{name.upper()}, from {sources[name]}): {checked[name]!r}: {exc}"
+            ) from exc

@@ -64,12 +64,13 @@ def test_markdown_title() -> None:
 
 def test_docs_topics_present() -> None:
     available = topics()
-    assert list(available)[:5] == [
+    assert list(available)[:6] == [
         "getting-started",
         "https-and-ports",
         "sharing",
         "api-and-tokens",
         "ssh-tips",
+        "llm",
     ]
     for markdown in available.values():
         assert title(markdown)

@@ -103,6 +103,7 @@ GROUP_TITLES = {
     "sharing": "Sharing",
     "account": "Account and keys",
     "api": "API",
+    "llm": "LLM gateway",
     "learn": "Help and learning",
     "general": "Session",
 }

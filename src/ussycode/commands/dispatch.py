@@ -9,7 +9,20 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ussycode.commands import account, admin, browser, docs, edit, keys, observe, share, ssh, tutorial, vm
+from ussycode.commands import (
+    account,
+    admin,
+    browser,
+    docs,
+    edit,
+    keys,
+    llm,
+    observe,
+    share,
+    ssh,
+    tutorial,
+    vm,
+)
 from ussycode.commands.base import Command, CommandContext
 from ussycode.errors import (
     Conflict,
@@ -36,6 +49,7 @@ REGISTRY: dict[str, Command] = {
         *admin.COMMANDS,
         *browser.COMMANDS,
         *keys.COMMANDS,
+        *llm.COMMANDS,
         *docs.COMMANDS,
         *tutorial.COMMANDS,
     ]

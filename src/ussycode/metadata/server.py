@@ -6,6 +6,7 @@ request from an address that belongs to no VM gets 403. Endpoints (see docs/open
 - EC2-style text: /latest/meta-data/{hostname,instance-id,local-ipv4,public-keys/,public-keys/0/openssh-key}
 - JSON: GET /v1/vm; POST /v1/host-keys where the guest reports its sshd host keys, and POST
   /v1/setup-log where it reports the state and output of the first-boot setup script.
+- The LLM gateway, /gateway/llm/<provider>/<path> (see ussycode.llm.gateway).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from aiohttp import web
 
 from ussycode.config import Config
 from ussycode.errors import RuntimeFailure
+from ussycode.llm.env import llm_environment
+from ussycode.llm.gateway import LLMGateway
 from ussycode.store import VM, Store
 from ussycode.vm.manager import VMManager
 
@@ -39,6 +42,7 @@ class MetadataService:
         self.store = store
         self.manager = manager
         self.gateway_public_key = gateway_public_key
+        self.llm = LLMGateway(config=config, store=store, vm_for=self._vm_for)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -52,6 +56,8 @@ class MetadataService:
         app.router.add_get("/latest/meta-data/local-ipv4", self.ec2_local_ipv4)
         app.router.add_get("/latest/meta-data/public-keys/", self.ec2_public_keys)
         app.router.add_get("/latest/meta-data/public-keys/0/openssh-key", self.ec2_openssh_key)
+        # The gateway reads request bodies itself, with its own size limit.
+        self.llm.add_routes(app)
         return app
 
     async def start(self) -> None:
@@ -71,6 +77,7 @@ class MetadataService:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        await self.llm.close()
 
     # Identity.
 
@@ -86,8 +93,10 @@ class MetadataService:
         return [*keys, self.gateway_public_key]
 
     def environment(self, vm: VM) -> dict[str, str]:
-        """Return the VM's `new --env` variables and the platform's, which take precedence."""
+        """Return the VM's environment: the LLM gateway's variables, then the VM's `new --env`
+        variables, which may replace them, then the platform's, which take precedence."""
         return {
+            **llm_environment(self.config, self.store, vm),
             **self.manager.details.get(vm.id).env,
             "USSYCODE_VM_NAME": vm.name,
             "USSYCODE_PUBLIC_DOMAIN": self.config.domain,

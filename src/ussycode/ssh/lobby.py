@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 
 PROMPT = "ussy> "
 MAX_LINE_BYTES = 16 * 1024
-# Lines with a token are left out of the stored history: it is kept in plain text.
-SECRET_MARKERS = ("usy0.", "usy1.")
+# Lines with a token or an LLM key are left out of the stored history: it is kept in plain text.
+SECRET_MARKERS = ("usy0.", "usy1.", "llm-key")
 DEFAULT_WIDTH = 80
 INPUT_END = "."
 

@@ -114,6 +114,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str]]:
                 f" {memory['guest_ram_resident_mib']:g} MiB, {memory['overhead_mib']:g} MiB beyond guest RAM",
             )
         )
+        largest = memory.get("largest_other_mappings") or []
+        if largest:
+            parts = [f"{m['name']} {m['perms']} {m['rss_mib']:g} of {m['size_mib']:g} MiB" for m in largest]
+            table.append(("largest resident mappings beyond guest RAM", "; ".join(parts)))
 
     suspend = results.get("suspend")
     if suspend is None:

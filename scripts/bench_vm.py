@@ -364,12 +364,13 @@ def measure_cp(platform: Platform, user: SSHUser) -> dict[str, Any]:
 
 
 def _smaps_mappings(pid: int) -> list[dict[str, Any]]:
-    """Parse /proc/PID/smaps into one dict per mapping: name, size_kb, rss_kb."""
+    """Parse /proc/PID/smaps into one dict per mapping: name, perms, size_kb, rss_kb."""
     mappings: list[dict[str, Any]] = []
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         fields = line.split()
         if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
-            mappings.append({"name": fields[5] if len(fields) > 5 else "", "size_kb": 0, "rss_kb": 0})
+            name = fields[5] if len(fields) > 5 else ""
+            mappings.append({"name": name, "perms": fields[1], "size_kb": 0, "rss_kb": 0})
         elif fields and fields[0] == "Size:":
             mappings[-1]["size_kb"] = int(fields[1])
         elif fields and fields[0] == "Rss:":
@@ -392,10 +393,21 @@ def qemu_memory(pid: int, guest_mib: int) -> dict[str, Any]:
         raise BenchError(f"no anonymous mapping of {guest_mib} MiB in /proc/{pid}/smaps")
     guest_ram = max(candidates, key=lambda mapping: mapping["rss_kb"])
     rss_kb = sum(mapping["rss_kb"] for mapping in mappings)
+    others = sorted((m for m in mappings if m is not guest_ram), key=lambda m: m["rss_kb"], reverse=True)
     return {
         "rss_mib": round(rss_kb / 1024, 1),
         "guest_ram_resident_mib": round(guest_ram["rss_kb"] / 1024, 1),
         "overhead_mib": round((rss_kb - guest_ram["rss_kb"]) / 1024, 1),
+        # Under TCG the largest is usually the translation buffer (`-accel tcg,tb-size=N`, N MiB).
+        "largest_other_mappings": [
+            {
+                "name": m["name"] or "[anonymous]",
+                "perms": m["perms"],
+                "size_mib": round(m["size_kb"] / 1024, 1),
+                "rss_mib": round(m["rss_kb"] / 1024, 1),
+            }
+            for m in others[:3]
+        ],
     }
 
 

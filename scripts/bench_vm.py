@@ -44,9 +44,9 @@ class BenchError(Exception):
     """A step of the benchmark failed; the message names the step and the server's output."""
 
 
-def check(result: Result, what: str) -> Result:
+def check(result: Result, step: str) -> Result:
     if result.status != 0:
-        raise BenchError(f"{what} failed (exit {result.status}): {result.stderr.strip()[-500:]}")
+        raise BenchError(f"{step} failed (exit {result.status}): {result.stderr.strip()[-500:]}")
     return result
 
 
@@ -74,8 +74,8 @@ def unavailable(reason: str) -> dict[str, Any]:
 # VMs.
 
 
-def new_vm(platform: Platform, user: SSHUser, name: str, *extra: str) -> None:
-    check(platform.ssh(user, ["new", "--name", name, *extra]), f"new {name}")
+def new_vm(platform: Platform, user: SSHUser, name: str, *extra: str) -> Result:
+    return check(platform.ssh(user, ["new", "--name", name, *extra]), f"new {name}")
 
 
 def first_command(platform: Platform, user: SSHUser, vm: str) -> None:
@@ -148,7 +148,10 @@ def pool_ready(platform: Platform, user: SSHUser) -> int | None:
     if result.status != 0:
         return None
     try:
-        return _sum_ready(json.loads(result.stdout))
+        document = json.loads(result.stdout)
+        if isinstance(document, dict) and document.get("enabled") is False:
+            return None
+        return _sum_ready(document)
     except json.JSONDecodeError:
         counts = re.findall(r"ready\D{0,20}(\d+)", result.stdout)
         return sum(int(count) for count in counts) if counts else None
@@ -172,16 +175,22 @@ def _sum_ready(document: Any) -> int:
 def measure_new_pooled(platform: Platform, user: SSHUser, runs: int) -> dict[str, Any]:
     """Time `new` plus the first command with a ready pooled VM each time, waiting for the refill."""
     if pool_ready(platform, user) is None:
-        return unavailable('this server has no warm pool ("admin pool" failed)')
+        return unavailable('this server has no warm pool ("admin pool" failed or reports it off)')
     times = []
+    from_pool = []
     for index in range(runs):
         wait_until(
             lambda: (pool_ready(platform, user) or 0) >= 1, POOL_READY_TIMEOUT, "a ready VM in the pool", 2.0
         )
         name = f"bench-pool-{index}"
-        times.append(timed(lambda vm=name: (new_vm(platform, user, vm), first_command(platform, user, vm))))
+        started = time.perf_counter()
+        created = new_vm(platform, user, name)
+        first_command(platform, user, name)
+        times.append(time.perf_counter() - started)
+        from_pool.append("warm pool" in created.stderr)
         remove_vm(platform, user, name)
-    return {"available": True, **summary(times, 2)}
+    # `from_pool` records whether `new` reported taking a pooled VM, by its progress line.
+    return {"available": True, **summary(times, 2), "from_pool": from_pool}
 
 
 # SSH.
@@ -200,11 +209,11 @@ def gateway_ssh_argv(platform: Platform, user: SSHUser, vm: str) -> list[str]:
     return [*platform.ns.prefix(), *platform.ssh_argv(user, vm)]
 
 
-def run_argv(argv: Sequence[str], what: str, stdin: Path | None = None, timeout: float = 600) -> None:
+def run_argv(argv: Sequence[str], step: str, stdin: Path | None = None, timeout: float = 600) -> None:
     with open(stdin or "/dev/null", "rb") as source:
         completed = subprocess.run(argv, stdin=source, capture_output=True, timeout=timeout, check=False)
     if completed.returncode != 0:
-        raise BenchError(f"{what} failed (exit {completed.returncode}): {completed.stderr.decode()[-500:]}")
+        raise BenchError(f"{step} failed (exit {completed.returncode}): {completed.stderr.decode()[-500:]}")
 
 
 def measure_ssh(
@@ -438,13 +447,28 @@ def host_memory_available_mib() -> int:
     raise BenchError("no MemAvailable in /proc/meminfo")
 
 
-def suspended_footprint(platform: Platform, vm: str, guest_mib: int) -> dict[str, Any]:
-    """Return what a suspended VM keeps on the host: QEMU's resident memory if it still runs, else none."""
+def vm_files_mib(platform: Platform) -> dict[str, float]:
+    """Return the size in MiB of every file in the VM directories, by path."""
+    return {
+        str(path): path.stat().st_size / 2**20
+        for path in platform.data_dir.glob("vms/*/**/*")
+        if path.is_file()
+    }
+
+
+def suspended_footprint(
+    platform: Platform, vm: str, guest_mib: int, files_before: dict[str, float]
+) -> dict[str, Any]:
+    """Return what a suspended VM keeps on the host: QEMU's resident memory if QEMU still runs, and
+    the growth of the VM directories since `files_before` (the saved state, if suspend writes one)."""
+    after = vm_files_mib(platform)
+    grown = sum(size - files_before.get(path, 0.0) for path, size in after.items())
+    footprint: dict[str, Any] = {"files_grown_mib": round(max(grown, 0.0), 1)}
     try:
         pid = qemu_pid(platform, vm)
     except BenchError:
-        return {"qemu_running": False, "rss_mib": 0.0}
-    return {"qemu_running": True, **qemu_memory(pid, guest_mib)}
+        return {**footprint, "qemu_running": False, "rss_mib": 0.0}
+    return {**footprint, "qemu_running": True, **qemu_memory(pid, guest_mib)}
 
 
 def measure_suspend(
@@ -458,8 +482,9 @@ def measure_suspend(
     times = []
     suspended: dict[str, Any] = {}
     for _ in range(runs):
+        files_before = vm_files_mib(platform)
         check(platform.ssh(user, ["suspend", vm]), f"suspend {vm}")
-        suspended = suspended_footprint(platform, vm, guest_mib)
+        suspended = suspended_footprint(platform, vm, guest_mib, files_before)
         times.append(
             timed(
                 lambda: (
@@ -472,11 +497,12 @@ def measure_suspend(
     results["suspended"] = suspended
     if running_rss_mib:
         available = host_memory_available_mib()
-        suspended_mib = max(float(suspended.get("rss_mib", 0.0)), 1.0)
+        suspended_mib = float(suspended.get("rss_mib", 0.0))
         results["capacity_estimate"] = {
             "host_memory_available_mib": available,
             "idle_vms_running": int(available // running_rss_mib),
-            "idle_vms_suspended": int(available // suspended_mib),
+            # None: a suspended VM keeps no process, so memory does not limit their number.
+            "idle_vms_suspended": int(available // suspended_mib) if suspended_mib >= 1 else None,
             "method": "host MemAvailable divided by one idle VM's QEMU RSS, running or suspended",
         }
     return results

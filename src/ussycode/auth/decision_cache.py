@@ -1,8 +1,9 @@
 """A short-lived cache of the access decisions that allowed a request to a private VM URL.
 
-Caddy asks the forward-auth endpoint once per request, and a page load sends many requests with
-the same credentials. An entry lets the same host and credentials through without the store
-queries (and, for a token, the signature check and the last-used write) until either:
+Caddy requests a decision from the forward-auth endpoint for every request, and a page load
+sends many requests with the same credentials. An entry lets the same host and credentials
+through without the store queries (and, for a token, the signature check and the last-used
+write) until either:
 
 - anything in the store changes (a share, a logout, a revoked token, a removed key or VM), which
   the store's change marker shows, so `share set-private` or a logout takes effect at once; or

@@ -94,9 +94,13 @@ def run_web(seconds: float) -> dict[str, Any]:
     return result
 
 
-def run_platform_sections(sections: set[str], args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Run every section that needs the main platform (warm pool disabled) and its VM."""
-    results: dict[str, Any] = {}
+def run_platform_sections(
+    sections: set[str], args: argparse.Namespace, workdir: Path, results: dict[str, Any]
+) -> None:
+    """Run every section that needs the main platform (warm pool disabled) and its VM.
+
+    Each figure goes into `results` as soon as it is measured, so a failure keeps the earlier ones.
+    """
     env = {**BASE_ENV, "USSYCODE_POOL_SIZE": "0"}
     with Platform(workdir / "main", extra_env=env) as platform:
         user = platform.make_user("bench")
@@ -124,7 +128,6 @@ def run_platform_sections(sections: set[str], args: argparse.Namespace, workdir:
             bench_vm.remove_vm(platform, user, vm)
         if "cp" in sections:
             results["cp"] = bench_vm.measure_cp(platform, user)
-    return results
 
 
 def run_pool_section(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -160,22 +163,27 @@ def main() -> None:
     sections = set(args.only or SECTIONS)
 
     results: dict[str, Any] = {"machine": describe_machine(), "runs": args.runs, "seconds": args.seconds}
+    failure = None
     try:
         with tempfile.TemporaryDirectory(prefix="ussybench-") as workdir:
             if "web" in sections:
                 results["web"] = run_web(args.seconds)
             if sections - {"web", "pool"}:
-                results.update(run_platform_sections(sections, args, Path(workdir)))
+                run_platform_sections(sections, args, Path(workdir), results)
             if "pool" in sections:
                 results["new_pooled_s"] = run_pool_section(args, Path(workdir))
-    except bench_vm.BenchError as exc:
-        raise SystemExit(f"bench: {exc}") from exc
+    except (bench_vm.BenchError, AssertionError, subprocess.SubprocessError) as exc:
+        # AssertionError comes from the framework's bounded waits (wait_until).
+        failure = f"{type(exc).__name__}: {exc}"
+        results["error"] = failure
     results["machine"]["load_average_end"] = [round(value, 2) for value in os.getloadavg()]
 
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     print(bench_report.markdown(results))
+    if failure is not None:
+        raise SystemExit(f"bench: stopped early, the figures above are partial: {failure}")
 
 
 if __name__ == "__main__":

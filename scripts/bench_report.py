@@ -144,7 +144,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str]]:
         kept = f"{footprint.get('rss_mib', 0):g} MiB resident"
         if not footprint.get("qemu_running", True):
             kept += " (QEMU exits)"
-        kept += f", VM directory grew {footprint.get('files_grown_mib', 0):g} MiB on disk"
+        if footprint.get("saved_state_mib") is not None:
+            kept += f", saved state {footprint['saved_state_mib']:g} MiB on disk"
+        else:
+            kept += f", VM directory grew {footprint.get('files_grown_mib', 0):g} MiB on disk"
         table.append(("host memory of a suspended VM", kept))
         estimate = suspend.get("capacity_estimate")
         if estimate is not None:

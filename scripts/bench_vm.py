@@ -471,6 +471,16 @@ def suspended_footprint(
     return {**footprint, "qemu_running": True, **qemu_memory(pid, guest_mib)}
 
 
+def saved_state_mib(output: str) -> float | None:
+    """Return the saved state's size from the `state_bytes` field of `suspend --json`, if it has one."""
+    try:
+        document = json.loads(output)
+    except json.JSONDecodeError:
+        return None
+    size = document.get("state_bytes") if isinstance(document, dict) else None
+    return round(size / 2**20, 1) if isinstance(size, int) else None
+
+
 def measure_suspend(
     platform: Platform, user: SSHUser, vm: str, runs: int, running_rss_mib: float | None
 ) -> dict[str, Any]:
@@ -483,8 +493,9 @@ def measure_suspend(
     suspended: dict[str, Any] = {}
     for _ in range(runs):
         files_before = vm_files_mib(platform)
-        check(platform.ssh(user, ["suspend", vm]), f"suspend {vm}")
+        output = check(platform.ssh(user, ["suspend", vm, "--json"]), f"suspend {vm}").stdout
         suspended = suspended_footprint(platform, vm, guest_mib, files_before)
+        suspended["saved_state_mib"] = saved_state_mib(output)
         times.append(
             timed(
                 lambda: (

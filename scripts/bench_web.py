@@ -2,8 +2,8 @@
 
 The app inside a guest under TCG serves far fewer requests per second than Caddy and the
 forward-auth endpoint, so it hides what the proxy costs. This runs the platform's web side
-(real Store, API server, Caddy, command layer) with a VM row whose app is the tests' echo app on
-a loopback address, and loads four routes: straight to the app, the public URL of a second such
+(real Store, API server, Caddy, command layer) with VM rows whose app is the tests' echo app on
+a loopback address. It loads four routes: straight to the app, the public URL of a second such
 VM, and the private URL with a browser session and with a VM-scoped token. The routes take turns,
 so that other work on the machine slows them alike.
 

@@ -1,244 +1,190 @@
-"""Benchmark the core loop on this machine, inside a network namespace it creates and removes.
+"""Benchmark ussycode on this machine, side by side, in one run; print a Markdown table and write JSON.
 
-Prints a table and writes JSON to bench-results/core-<time>.json:
-- seconds from `new` to the first command run in the VM (cold boot), over --runs VMs;
-- round trip of `ssh VM@host true` through the gateway against the same straight to the VM's sshd;
-- HTTPS requests per second and median latency through Caddy, for the VM's URL made public and
-  for it private with a logged-in browser session, against the app fetched directly;
-- seconds for `cp` of a VM with a 2 GiB disk and of one with a 10 GiB disk, each with 256 MiB of
-  data: the whole command (snapshot and boot of the copy) and the disk snapshot alone.
+Run as root from the checkout (it needs network namespaces and QEMU):
 
-Run as root from the checkout: .venv/bin/python scripts/bench.py [--runs 2] [--seconds 10]
+    .venv/bin/python scripts/bench.py [--runs 3] [--seconds 8] [--only SECTION ...] [--json PATH]
+
+Every server runs inside a network namespace created for it and removed afterwards, and every VM
+it creates is removed. Sections (all by default):
+
+  new      `new` to the first command in the VM, cold boot (warm pool disabled), median and p95
+  pool     the same with a ready VM in the warm pool (USSYCODE_POOL_SIZE=1), if the server has one
+  start    `start` of a stopped VM to the first command
+  ssh      `ssh VM@host true` via the gateway against straight to the VM's sshd, and the rate of
+           a 100 MiB upload (`cat > /dev/null`) both ways
+  https    requests/s and median latency to the app in a VM: straight, the public URL, the
+           private URL with a browser session, and with a VM-scoped token
+  web      the same four routes with a fast app on loopback instead of a guest (no QEMU)
+  exec     `POST /exec whoami` requests/s with a usy0 and a usy1 token
+  cp       `cp` of a running VM with a 2 GiB and a 10 GiB disk
+  memory   host memory of an idle VM beyond its guest RAM (QEMU RSS minus the guest RAM mapping)
+  suspend  `resume` to the first command, host memory of a suspended VM, and an estimate of how
+           many idle VMs fit running against suspended, if the server has suspend and resume
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform as host_platform
-import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.framework.platform import Platform, SSHUser, wait_until  # noqa: E402
-from tests.framework.tokens import sign_usy0  # noqa: E402
-from tests.sharing.web import Runner, WebClient, jar_cookie, sign_in  # noqa: E402
-from ussycode.auth.cookies import SESSION_COOKIE  # noqa: E402
+import bench_report  # noqa: E402
+import bench_vm  # noqa: E402
 
-SSH_ROUNDS = 10
+from tests.framework.netns import NetNS  # noqa: E402
+from tests.framework.platform import Platform  # noqa: E402
 
-
-def timed(action: Any) -> float:
-    started = time.perf_counter()
-    action()
-    return time.perf_counter() - started
-
-
-def check(result: Any, what: str) -> Any:
-    if result.status != 0:
-        raise SystemExit(f"bench: {what} failed ({result.status}): {result.stderr.strip()}")
-    return result
+SECTIONS = ("new", "pool", "start", "ssh", "https", "web", "exec", "cp", "memory", "suspend")
+MAIN_VM = "bench-main"
+MEMORY_IDLE_SECONDS = 20.0
+POOL_SIZE = 1
+# The admin tier's limits leave room for the VMs of every section at once. Boots under TCG on a
+# loaded 2-core host took over 200 s, more than the framework's 240 s boot timeout allows for.
+BASE_ENV = {"USSYCODE_API_RATE": "1000000", "USSYCODE_DEFAULT_TIER": "admin", "USSYCODE_BOOT_TIMEOUT": "900"}
 
 
-def bench_new(platform: Platform, user: SSHUser, runs: int) -> list[float]:
-    times = []
-    for index in range(runs):
-        name = f"bench-{index}"
+def describe_machine() -> dict[str, Any]:
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown",
+    )
 
-        def create_and_run(vm: str = name) -> None:
-            check(platform.ssh(user, ["new", "--name", vm]), f"new {vm}")
-            check(platform.ssh(user, "true", login=vm), f"first command in {vm}")
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
+        ).stdout.strip()
 
-        times.append(timed(create_and_run))
-        if index < runs - 1:
-            check(platform.ssh(user, ["rm", name, "--force"]), f"rm {name}")
-    return times
-
-
-def bench_ssh(platform: Platform, user: SSHUser, vm: str, ip: str) -> dict[str, float]:
-    gateway = [
-        timed(lambda: check(platform.ssh(user, "true", login=vm), "ssh via gateway"))
-        for _ in range(SSH_ROUNDS)
-    ]
-    direct_argv = [
-        "ssh", "-i", str(user.key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-        f"ussycode@{ip}", "true",
-    ]  # fmt: skip
-    direct = [timed(lambda: platform.ns.run(direct_argv, timeout=60)) for _ in range(SSH_ROUNDS)]
-    return {"gateway_median_s": statistics.median(gateway), "direct_median_s": statistics.median(direct)}
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": git("rev-parse", "--short", "HEAD")
+        + (" (with uncommitted changes)" if git("status", "--porcelain", "src", "scripts") else ""),
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(int(meminfo["MemTotal"].split()[0]) / 1024**2, 1),
+        "kernel": host_platform.release(),
+        # The test framework's Platform starts the server with USSYCODE_ACCEL=tcg: KVM does not run
+        # guests on the machines this was written on.
+        "accel": "tcg",
+        "load_average_start": [round(value, 2) for value in os.getloadavg()],
+    }
 
 
-def http_load(platform: Platform, url: str, seconds: float, *extra: str) -> dict[str, Any]:
-    argv = [sys.executable, str(REPO / "scripts" / "http_load.py"), url, "--seconds", str(seconds), *extra]
-    completed = platform.ns.run(argv, timeout=seconds + 60)
+def run_web(seconds: float) -> dict[str, Any]:
+    """Run scripts/bench_web.py in a network namespace of its own and return its JSON."""
+    with NetNS("bweb") as namespace:
+        completed = namespace.run(
+            [sys.executable, str(REPO / "scripts" / "bench_web.py"), "--seconds", str(seconds)],
+            timeout=seconds * 6 + 120,
+        )
     result: dict[str, Any] = json.loads(completed.stdout)
     return result
 
 
-def bench_vm_url(platform: Platform, user: SSHUser, vm: str, host: str, seconds: float) -> dict[str, Any]:
-    """Load the VM's URL made public, then private with a browser session's cookie.
+def run_platform_sections(
+    sections: set[str], args: argparse.Namespace, workdir: Path, results: dict[str, Any]
+) -> None:
+    """Run every section that needs the main platform (warm pool disabled) and its VM.
 
-    A public URL goes straight to the VM; a private one costs Caddy a forward-auth request to the
-    platform's API for every request.
+    Each figure goes into `results` as soon as it is measured, so a failure keeps the earlier ones.
     """
-    tls = ("--cacert", str(platform.root_ca), "--connect-to", "127.0.0.1")
-    url = f"https://{host}/"
-    check(platform.ssh(user, ["share", "set-public", vm]), "share set-public")
-    wait_until(lambda: platform.curl(url).status == 200, 60, "the app at its public URL")
-    public = http_load(platform, url, seconds, *tls)
+    env = {**BASE_ENV, "USSYCODE_POOL_SIZE": "0"}
+    with Platform(workdir / "main", extra_env=env) as platform:
+        user = platform.make_user("bench")
+        vm = MAIN_VM
+        if "new" in sections:
+            results["new_cold_s"] = bench_vm.measure_new_cold(platform, user, args.runs, keep=vm)
+        elif sections - {"exec", "cp"}:
+            bench_vm.new_vm(platform, user, vm)
+        ip = bench_vm.vm_listing(platform, user, vm)["ip"] if sections - {"new", "exec", "cp"} else ""
 
-    check(platform.ssh(user, ["share", "set-private", vm]), "share set-private")
-    client = WebClient(
-        cacert=platform.root_ca, jar=platform.workdir / "bench.cookies", run=in_namespace(platform)
-    )
-    login = json.loads(check(platform.ssh(user, ["browser", "--json"]), "browser").stdout)["url"]
-    if sign_in(client, url, login).status != 200:
-        raise SystemExit(f"bench: the app at {url} did not respond with 200 after signing in")
-    cookie = f"{SESSION_COOKIE}={jar_cookie(client.jar, host, SESSION_COOKIE)}"
-    private = http_load(platform, url, seconds, *tls, "--header", f"Cookie: {cookie}")
-    return {"https_public_url": public, "https_private_url_session": private}
-
-
-CP_FILL_MIB = 256
-_STEP_RE = re.compile(r"\[\s*([0-9.]+)s\] (.*)")
-
-
-def _step_times(progress: str) -> dict[str, float]:
-    """Return the seconds at which each progress step of a command began, by its first word."""
-    times = {}
-    for match in _STEP_RE.finditer(progress):
-        times.setdefault(match.group(2).split()[0], float(match.group(1)))
-    return times
-
-
-def bench_cp(platform: Platform, user: SSHUser) -> dict[str, Any]:
-    """Time `cp` of a VM with a 2 GiB disk and of one with a 10 GiB disk, each holding 256 MiB of
-    data: the whole command (snapshot and boot of the copy) and the disk snapshot alone."""
-    results: dict[str, Any] = {}
-    for size in ("2G", "10G"):
-        name = f"cp-{size.lower()}"
-        check(platform.ssh(user, ["new", "--name", name, "--disk", size]), f"new {name}")
-        fill = f"dd if=/dev/urandom of=fill bs=1M count={CP_FILL_MIB} status=none && sync"
-        check(platform.ssh(user, fill, login=name), f"filling {name}")
-        started = time.perf_counter()
-        copied = check(platform.ssh(user, ["cp", name, f"{name}-copy"]), f"cp {name}")
-        total = time.perf_counter() - started
-        steps = _step_times(copied.stderr)
-        snapshot = steps["attaching"] - steps["snapshotting"]
-        check(platform.ssh(user, "test -s fill", login=f"{name}-copy"), f"data in {name}-copy")
-        results[size] = {"cp_total_s": round(total, 1), "disk_snapshot_s": round(snapshot, 1)}
-        check(platform.ssh(user, ["rm", name, f"{name}-copy", "--force"]), f"rm {name}")
-    return results
+        if "memory" in sections:
+            results["memory"] = bench_vm.measure_memory(platform, vm, MEMORY_IDLE_SECONDS)
+        if "ssh" in sections:
+            results["ssh"] = bench_vm.measure_ssh(platform, user, vm, ip, runs=args.runs, workdir=workdir)
+        if "https" in sections:
+            results["https"] = bench_vm.measure_https(platform, user, vm, ip, args.seconds)
+        if "exec" in sections:
+            results["exec"] = bench_vm.measure_exec(platform, user, args.seconds)
+        if "start" in sections:
+            results["start_s"] = bench_vm.measure_start(platform, user, vm, args.runs)
+        if "suspend" in sections:
+            running_rss = results.get("memory", {}).get("rss_mib")
+            results["suspend"] = bench_vm.measure_suspend(platform, user, vm, args.runs, running_rss)
+        if sections - {"exec", "cp"}:
+            bench_vm.remove_vm(platform, user, vm)
+        if "cp" in sections:
+            results["cp"] = bench_vm.measure_cp(platform, user)
 
 
-def in_namespace(platform: Platform) -> Runner:
-    def run(argv: Sequence[str]) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([*platform.ns.prefix(), *argv], capture_output=True, timeout=60, check=False)
-
-    return run
+def run_pool_section(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    env = {**BASE_ENV, "USSYCODE_POOL_SIZE": str(POOL_SIZE), "USSYCODE_POOL_MAX": str(POOL_SIZE)}
+    with Platform(workdir / "pool", extra_env=env) as platform:
+        user = platform.make_user("bench")
+        return bench_vm.measure_new_pooled(platform, user, args.runs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, default=2, help="VMs created for the new-to-first-command figure")
     parser.add_argument(
-        "--seconds", type=float, default=10.0, help="duration of each HTTP load run, in seconds"
+        "--runs", type=int, default=3, help="runs of each timed VM step (new, start, resume, upload)"
     )
+    parser.add_argument(
+        "--seconds", type=float, default=8.0, help="duration of each HTTP load run, in seconds"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        metavar="SECTION",
+        help=f"run only these: {', '.join(SECTIONS)}",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the results as JSON to PATH")
     args = parser.parse_args()
+    if not 1 <= args.runs <= 20:
+        parser.error(f"--runs must be between 1 and 20, got {args.runs}")
+    if not 1 <= args.seconds <= 120:
+        parser.error(f"--seconds must be between 1 and 120, got {args.seconds:g}")
+    sections = set(args.only or SECTIONS)
 
-    results: dict[str, Any] = {
-        "machine": {
-            "cpus": subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip(),
-            "kernel": host_platform.release(),
-            "accel": "tcg",
-        }
-    }
-    with (
-        tempfile.TemporaryDirectory(prefix="ussybench-") as workdir,
-        # The admin tier's limits leave room for the two VMs and two copies of the cp figures.
-        Platform(
-            Path(workdir), extra_env={"USSYCODE_API_RATE": "1000000", "USSYCODE_DEFAULT_TIER": "admin"}
-        ) as platform,
-    ):
-        user = platform.make_user("bench")
-        new_times = bench_new(platform, user, args.runs)
-        results["new_to_first_command_s"] = {"runs": new_times, "median": statistics.median(new_times)}
+    results: dict[str, Any] = {"machine": describe_machine(), "runs": args.runs, "seconds": args.seconds}
+    failure = None
+    try:
+        with tempfile.TemporaryDirectory(prefix="ussybench-") as workdir:
+            if "web" in sections:
+                results["web"] = run_web(args.seconds)
+            if sections - {"web", "pool"}:
+                run_platform_sections(sections, args, Path(workdir), results)
+            if "pool" in sections:
+                results["new_pooled_s"] = run_pool_section(args, Path(workdir))
+    except (bench_vm.BenchError, AssertionError, subprocess.SubprocessError) as exc:
+        # AssertionError comes from the framework's bounded waits (wait_until).
+        failure = f"{type(exc).__name__}: {exc}"
+        results["error"] = failure
+    results["machine"]["load_average_end"] = [round(value, 2) for value in os.getloadavg()]
 
-        vm = f"bench-{args.runs - 1}"
-        listing = json.loads(check(platform.ssh(user, "ls --json"), "ls").stdout)
-        ip = next(entry["ip"] for entry in listing if entry["name"] == vm)
-        results["ssh_true_round_trip"] = bench_ssh(platform, user, vm, ip)
-
-        app = "setsid -f python3 -m http.server 8080 --bind 0.0.0.0 >/dev/null 2>&1 < /dev/null"
-        check(
-            platform.ssh(user, f"mkdir -p ~/site && cd ~/site && echo ok > index.html && {app}", login=vm),
-            "app",
-        )
-        host = f"{vm}.{platform.domain}"
-        results.update(bench_vm_url(platform, user, vm, host, args.seconds))
-        results["http_direct"] = http_load(platform, f"http://{ip}:8080/", args.seconds)
-
-        usy0 = sign_usy0(user.key, {"cmds": ["whoami"]}, f"v0@{platform.domain}")
-        usy1 = json.loads(
-            check(platform.ssh(user, ["token", "shorten", usy0, "--json"]), "token shorten").stdout
-        )["token"]
-        exec_url = f"https://{platform.domain}/exec"
-        for label, token in (("exec_whoami_usy0", usy0), ("exec_whoami_usy1", usy1)):
-            tls = ("--cacert", str(platform.root_ca), "--connect-to", "127.0.0.1")
-            post = ("--method", "POST", "--data", "whoami", "--header", f"Authorization: Bearer {token}")
-            results[label] = http_load(platform, exec_url, args.seconds, *tls, *post)
-        check(platform.ssh(user, ["rm", vm, "--force"]), f"rm {vm}")
-        results["cp"] = bench_cp(platform, user)
-
-    out_dir = REPO / "bench-results"
-    out_dir.mkdir(exist_ok=True)
-    out_file = out_dir / f"core-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out_file.write_text(json.dumps(results, indent=2))
-
-    ssh = results["ssh_true_round_trip"]
-    public, private = results["https_public_url"], results["https_private_url_session"]
-    direct = results["http_direct"]
-    median_new = results["new_to_first_command_s"]["median"]
-    rows = [
-        ("new -> first command (s)", f"median {median_new:.1f}, runs {[round(t, 1) for t in new_times]}"),
-        (
-            "ssh VM@host true (s)",
-            f"gateway {ssh['gateway_median_s']:.3f}, direct {ssh['direct_median_s']:.3f}",
-        ),
-        ("HTTPS public URL", f"{public['requests_per_second']} req/s, median {public['median_ms']} ms"),
-        (
-            "HTTPS private URL, session",
-            f"{private['requests_per_second']} req/s, median {private['median_ms']} ms",
-        ),
-        ("HTTP direct to the app", f"{direct['requests_per_second']} req/s, median {direct['median_ms']} ms"),
-        *[
-            (f"cp, {size} disk (s)", f"total {cp['cp_total_s']}, disk snapshot {cp['disk_snapshot_s']}")
-            for size, cp in results["cp"].items()
-        ],
-        *[
-            (
-                f"POST /exec whoami ({kind})",
-                f"{results[key]['requests_per_second']} req/s, median {results[key]['median_ms']} ms",
-            )
-            for kind, key in (("usy0", "exec_whoami_usy0"), ("usy1", "exec_whoami_usy1"))
-        ],
-    ]
-    print(f"machine: {results['machine']}")
-    for label, value in rows:
-        print(f"{label:<26} {value}")
-    print(f"results: {out_file}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(bench_report.markdown(results))
+    if failure is not None:
+        raise SystemExit(f"bench: stopped early, the figures above are partial: {failure}")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from ussycode.api.pages import SECURITY_HEADERS, escape, page_response, paragrap
 from ussycode.auth.access import Decision, Verdict, decide
 from ussycode.auth.audit import DeniedRequestLog
 from ussycode.auth.cookies import parse_cookie_header
+from ussycode.auth.decision_cache import DecisionCache
 from ussycode.auth.hosts import LOGOUT_PATH, platform_url, strip_port
 from ussycode.config import Config
 from ussycode.store import Store
@@ -51,14 +52,21 @@ def error_response(request: web.Request, status: int, code: str, message: str) -
 class ForwardAuth:
     """Serves `/__ussycode/auth` for Caddy."""
 
-    def __init__(self, *, config: Config, store: Store, denied: DeniedRequestLog) -> None:
+    def __init__(
+        self, *, config: Config, store: Store, denied: DeniedRequestLog, cache: DecisionCache | None = None
+    ) -> None:
         self.config = config
         self.store = store
         self.denied = denied
+        self.cache = cache or DecisionCache(store)
 
     async def handle(self, request: web.Request) -> web.Response:
-        cookies = parse_cookie_header(request.headers.getall("Cookie", []))
-        decision = decide(self.store, self.config, request.host, request.headers, cookies)
+        key = self.cache.key(request.host, request.headers.items())
+        decision = self.cache.get(key)
+        if decision is None:
+            cookies = parse_cookie_header(request.headers.getall("Cookie", []))
+            decision = decide(self.store, self.config, request.host, request.headers, cookies)
+            self.cache.put(key, decision)
         if decision.verdict is Verdict.ALLOW:
             return self._allow(decision)
 

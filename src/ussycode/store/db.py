@@ -86,6 +86,18 @@ class Store:
         else:
             self._db.execute("COMMIT")
 
+    def change_marker(self) -> tuple[int, int]:
+        """Return a value that differs after any row changed, through this connection or another.
+
+        `total_changes` counts the rows this connection inserted, updated or deleted;
+        `PRAGMA data_version` changes when another connection commits to the database file.
+        """
+        try:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StoreError(f"store query failed: {exc}") from exc
+        return self._db.total_changes, int(version)
+
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         """Run one statement; a constraint failure raises `Conflict`, any other error `StoreError`."""
         try:

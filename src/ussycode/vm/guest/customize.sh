@@ -30,8 +30,8 @@ install -D -m 0644 "$guest/ssh-service.conf" "$root/etc/systemd/system/ssh.servi
 # Every VM creates its own host keys at first boot (ussycode-init runs ssh-keygen).
 rm -f "$root"/etc/ssh/ssh_host_*
 
-# pam_motd runs the /etc/update-motd.d scripts at every login, which costs 1.5 to 6 s of each SSH
-# session's start under TCG emulation; sshd_config already has PrintMotd no.
+# pam_motd runs the /etc/update-motd.d scripts at every login, which cost 1.5 to 6 s of each SSH
+# session's start under TCG emulation on a busy host. sshd_config already has PrintMotd no.
 sed -i '/pam_motd\.so/d' "$root/etc/pam.d/sshd"
 
 echo "customize: units"

@@ -791,7 +791,7 @@ def test_image_boots_and_applies_metadata(guest_lab: GuestLab) -> None:
         "ssh_host_ecdsa_key",
         "ssh_host_ed25519_key",
     ]
-    ssh_after = lab.ssh("systemctl show --property=After --value ssh.service").stdout.split()
+    ssh_after = lab.ssh("sudo systemctl show --property=After --value ssh.service").stdout.split()
     assert "ussycode-init.service" in ssh_after
     assert "basic.target" not in ssh_after
     assert lab.ssh("test -e /run/nologin").returncode == 1

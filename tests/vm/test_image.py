@@ -784,6 +784,24 @@ def test_image_boots_and_applies_metadata(guest_lab: GuestLab) -> None:
     assert lab.ssh("ls /etc/ssh/ssh_host_ed25519_key").returncode == 0
     assert "ussycode-init: ready, sshd may start" in lab.console_path().read_text(errors="replace")
 
+    # Boot tuning: only the fast host key types, sshd ordered after the agent alone, and the
+    # lighter boot that customize.sh and make-initramfs.sh set up.
+    host_key_files = lab.ssh("ls /etc/ssh").stdout.split()
+    assert sorted(name for name in host_key_files if name.endswith("_key")) == [
+        "ssh_host_ecdsa_key",
+        "ssh_host_ed25519_key",
+    ]
+    ssh_after = lab.ssh("sudo systemctl show --property=After --value ssh.service").stdout.split()
+    assert "ussycode-init.service" in ssh_after
+    assert "basic.target" not in ssh_after
+    assert lab.ssh("test -e /run/nologin").returncode == 1
+    assert lab.ssh("sudo systemctl is-enabled systemd-binfmt.service").stdout.strip() == "masked"
+    generators = lab.ssh("readlink /etc/systemd/system-generators/systemd-sysv-generator").stdout
+    assert generators.strip() == "/dev/null"
+    assert "quiet" in lab.ssh("cat /proc/cmdline").stdout.split()
+    # initramfs-tools' /init leaves /run/initramfs behind; the ussycode initramfs creates no /run.
+    assert lab.ssh("test -e /run/initramfs").returncode == 1
+
     # The setup script runs after sshd may start, as ussycode in its home, and is reported.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

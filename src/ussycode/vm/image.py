@@ -48,7 +48,7 @@ DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 # Bump when the build steps in this module change in a way that changes the image.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 GUEST_DIR = Path(__file__).parent / "guest"
 ROOTFS_FILE = "rootfs.ext4"
@@ -59,7 +59,7 @@ MANIFEST_FILE = "manifest.json"
 ROOTFS_SIZE_BYTES = 2 * 1024**3
 
 # Arguments the image needs. The host appends ussy.ip=, ussy.gw= and ussy.dns= to them.
-KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 biosdevname=0"
+KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 biosdevname=0 quiet"
 
 PACKAGES = (
     "systemd",
@@ -80,6 +80,8 @@ PACKAGES = (
     "less",
     "e2fsprogs",
     "initramfs-tools",
+    # The /init of the initramfs that make-initramfs.sh builds; static, so it needs no libraries.
+    "busybox-static",
     # Powers the VM off on the ACPI power button, which is how QEMU asks a guest to shut down;
     # systemd-logind would need D-Bus, which the image leaves out for boot time.
     "acpid",
@@ -484,7 +486,8 @@ def _mmdebstrap_argv(tree: Path, suite: str, mirror: str, guest: Path) -> list[s
 
 
 def _boot_files(tree: Path) -> tuple[Path, Path]:
-    """Return the kernel and initrd that the kernel package installed in /boot."""
+    """Return the kernel that the kernel package installed in /boot and the initrd that
+    guest/make-initramfs.sh built for it."""
     kernels = sorted((tree / "boot").glob("vmlinuz-*"))
     if len(kernels) != 1:
         raise RuntimeFailure(
@@ -492,7 +495,7 @@ def _boot_files(tree: Path) -> tuple[Path, Path]:
             f" {', '.join(p.name for p in kernels) or 'none'}"
         )
     version = kernels[0].name.removeprefix("vmlinuz-")
-    initrd = tree / "boot" / f"initrd.img-{version}"
+    initrd = tree / "boot" / f"ussycode-initrd.img-{version}"
     if not initrd.is_file():
         raise RuntimeFailure(f"initrd for kernel {version} not found: {initrd}")
     return kernels[0], initrd

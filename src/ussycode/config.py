@@ -103,6 +103,13 @@ def _check_positive_int(text: str) -> int:
     return value
 
 
+def _check_non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def _check_non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -342,6 +349,24 @@ SETTINGS: tuple[Setting, ...] = (
         "listen address of the admin panel (also served at https://<domain>/admin/), HOST:PORT or :PORT",
         parse_addr,
     ),
+    Setting(
+        "pool_size",
+        "1",
+        "booted VMs of the default image kept ready for new; 0 turns the warm pool off",
+        _check_non_negative_int,
+    ),
+    Setting(
+        "pool_max",
+        "3",
+        "most VMs the warm pool grows to while new is in demand (at least --pool-size)",
+        _check_non_negative_int,
+    ),
+    Setting(
+        "memory_reserve",
+        "1G",
+        "host memory (size) that the warm pool leaves available: it boots no VM that would leave less",
+        lambda t: parse_size(t, default_unit="M"),
+    ),
 )
 
 # Settings whose values are never shown or logged.
@@ -396,6 +421,9 @@ class Config:
     tier_admin: str = "vms=100,cpus=8,memory=16G,disk=2T,running=50"
     auth_failures: int = 10
     admin_addr: tuple[str, int] = ("127.0.0.1", 9091)
+    pool_size: int = 1
+    pool_max: int = 3
+    memory_reserve: int = 1024**3
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -537,6 +565,11 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         raise ConfigError(
             "--admission routussy needs --routussy-url (USSYCODE_ROUTUSSY_URL) and"
             " USSYCODE_ROUTUSSY_INTERNAL_KEY"
+        )
+    if checked["pool_max"] < checked["pool_size"]:
+        raise ConfigError(
+            f"invalid --pool-max (USSYCODE_POOL_MAX, from {sources['pool_max']}): {checked['pool_max']}:"
+            f" must be at least --pool-size ({checked['pool_size']})"
         )
     from ussycode.auth.tiers import parse_tier_limits
 

@@ -120,15 +120,15 @@ async def serve(config: Config) -> None:
         gateway_key=gateway_key,
         listener=routes,
     )
-    pool = WarmPool(manager)
-    manager.pool = pool
-    services = Services(config=config, store=store, manager=manager)
     metadata = MetadataService(
         config=config,
         store=store,
         manager=manager,
         gateway_public_key=public_key_line(gateway_key, "ussycode-gateway"),
     )
+    pool = WarmPool(manager, metadata.document)
+    manager.pool = pool
+    services = Services(config=config, store=store, manager=manager)
     verifier = TokenVerifier(store, config.domain)
     limiter = RateLimiter(config.api_rate, 2 * config.api_rate)
     denied = DeniedRequestLog(AuditLog(store))

@@ -44,6 +44,8 @@ READY_POLL_SECONDS = 1.0
 SUPERVISE_INTERVAL_SECONDS = 2.0
 GUEST_USER = "ussycode"
 GUEST_COMMAND_TIMEOUT = 30.0
+# Seconds after a pool hand-out during which a refused SSH connection to the guest is retried.
+SSHD_RESTART_SECONDS = 15.0
 
 T = TypeVar("T")
 
@@ -116,6 +118,8 @@ class VMManager:
         self.pool_owner_id = pool_user.id if pool_user is not None else None
         # Connections to guests left open by a pool hand-out, for the VM's first session.
         self._spare_connections: dict[int, asyncssh.SSHClientConnection] = {}
+        # Monotonic times until which a VM's sshd may refuse connections while it restarts.
+        self._sshd_restarts: dict[int, float] = {}
 
     # Paths and specs.
 
@@ -657,21 +661,28 @@ class VMManager:
         host_keys = self.known_host_keys(vm)
         if not host_keys:
             raise RuntimeFailure(f'vm "{vm.name}" has not reported its SSH host keys yet')
-        try:
-            return await asyncssh.connect(
-                vm.ip,
-                22,
-                username=GUEST_USER,
-                client_keys=[self.gateway_key],
-                known_hosts=(host_keys, [], []),
-                agent_path=None,
-                agent_forwarding=agent_path or False,
-                config=None,
-                connect_timeout=timeout,
-                login_timeout=timeout,
-            )
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
-            raise RuntimeFailure(f'cannot reach the sshd of vm "{vm.name}": {exc}') from exc
+        while True:
+            try:
+                return await asyncssh.connect(
+                    vm.ip,
+                    22,
+                    username=GUEST_USER,
+                    client_keys=[self.gateway_key],
+                    known_hosts=(host_keys, [], []),
+                    agent_path=None,
+                    agent_forwarding=agent_path or False,
+                    config=None,
+                    connect_timeout=timeout,
+                    login_timeout=timeout,
+                )
+            except ConnectionRefusedError as exc:
+                # Right after a pool hand-out, sshd restarts with the new host keys.
+                if time.monotonic() < self._sshd_restarts.get(vm.id, 0.0):
+                    await asyncio.sleep(0.1)
+                    continue
+                raise RuntimeFailure(f'cannot reach the sshd of vm "{vm.name}": {exc}') from exc
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                raise RuntimeFailure(f'cannot reach the sshd of vm "{vm.name}": {exc}') from exc
 
     async def probe_ssh(self, vm: VM) -> bool:
         """Return True when the guest's sshd accepts the gateway key and runs a command."""
@@ -715,6 +726,7 @@ class VMManager:
 
     async def _destroy(self, vm: VM) -> None:
         self.drop_spare_connection(vm.id)
+        self._sshd_restarts.pop(vm.id, None)
         spec = self.spec(vm)
         if self.runtime.pid(spec) is not None:
             await self.runtime.stop(spec, timeout=5.0)
@@ -843,6 +855,7 @@ class VMManager:
         connection into it, for its first session."""
         if spare is not None:
             self._spare_connections[vm.id] = spare
+        self._sshd_restarts[vm.id] = time.monotonic() + SSHD_RESTART_SECONDS
         return await self._set_state(vm, VMState.RUNNING, started=True)
 
     def drop_spare_connection(self, vm_id: int) -> None:

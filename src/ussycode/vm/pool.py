@@ -26,6 +26,7 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources as package_files
 from typing import TYPE_CHECKING, Any
@@ -39,7 +40,7 @@ from ussycode.vm import resources
 from ussycode.vm.image import ImageManifest
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Coroutine
 
     from ussycode.vm.manager import NewVMOptions, VMManager
 
@@ -53,7 +54,6 @@ CHECK_INTERVAL_SECONDS = 5.0
 # Seconds to wait after a failed pool boot before the next one, so a broken image does not loop.
 FAILURE_BACKOFF_SECONDS = 30.0
 AGENT_PATH = "/run/ussycode/ussycode_init.py"
-AGENT_COMMAND = f"sudo -n python3 -I -S {AGENT_PATH} --reidentify --wait"
 # Python's start and two ssh-keygen runs take several seconds under TCG emulation.
 AGENT_READY_SECONDS = 120.0
 AGENT_DONE_SECONDS = 30.0
@@ -110,8 +110,10 @@ class PoolStatus:
 class WarmPool:
     """Keeps booted VMs of the default image ready and hands them out; see the module docstring."""
 
-    def __init__(self, manager: VMManager) -> None:
+    def __init__(self, manager: VMManager, describe: Callable[[VM], dict[str, Any]]) -> None:
+        """`describe` returns a VM's metadata document, as the metadata service serves it."""
         self.manager = manager
+        self.describe = describe
         self.config = manager.config
         self.image = self.config.image
         self._ready: deque[PooledVM] = deque()
@@ -120,6 +122,13 @@ class WarmPool:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._agent = _agent_source()
+        # One sudo and one session: head copies exactly the agent's bytes from stdin, which then
+        # carries the "go" line to the agent.
+        self._agent_command = (
+            "sudo -n sh -c 'install -d -m 0700 /run/ussycode"
+            f" && head -c {len(self._agent.encode())} > {AGENT_PATH}"
+            f" && exec python3 -I -S {AGENT_PATH} --reidentify --wait'"
+        )
         self._memory_warned = False
         self._background: set[asyncio.Task[None]] = set()
 
@@ -214,8 +223,10 @@ class WarmPool:
             raise
         try:
             progress("applying your keys, hostname and environment")
-            await self._reidentify(pooled, vm)
-            vm = await self.manager.mark_handed_out(vm, pooled.conn)
+            # The URL's route is added while the guest works.
+            _, vm = await asyncio.gather(
+                self._reidentify(pooled, vm), self.manager.mark_handed_out(vm, pooled.conn)
+            )
         except (UssycodeError, asyncio.CancelledError) as exc:
             # A half-applied identity leaves the VM neither in the pool nor usable.
             pooled.conn.close()
@@ -243,7 +254,8 @@ class WarmPool:
     async def _reidentify(self, pooled: PooledVM, vm: VM) -> None:
         """Tell the waiting agent to apply the identity the metadata service now serves."""
         try:
-            pooled.agent.stdin.write("go\n")
+            # The document saves the guest a request to the metadata service.
+            pooled.agent.stdin.write(f"go {json.dumps(self.describe(vm))}\n")
             message = await _read_message(pooled.agent, {"done"}, AGENT_DONE_SECONDS)
         except (OSError, asyncssh.Error) as exc:
             raise RuntimeFailure(f'the agent in vm "{vm.name}" failed: {exc}') from exc
@@ -370,11 +382,8 @@ class WarmPool:
         """
         conn = await self.manager.connect_guest(vm, timeout=10.0)
         try:
-            upload = "sudo -n install -d -m 0700 /run/ussycode && sudo -n tee " + AGENT_PATH + " >/dev/null"
-            result = await asyncio.wait_for(conn.run(upload, input=self._agent, check=False), 60)
-            if result.exit_status != 0:
-                raise RuntimeFailure(f'uploading the agent to vm "{vm.name}" failed: {result.stderr!s}')
-            agent = await conn.create_process(AGENT_COMMAND)
+            agent = await conn.create_process(self._agent_command)
+            agent.stdin.write(self._agent)
             message = await _read_message(agent, {"ready"}, AGENT_READY_SECONDS)
         except (OSError, asyncssh.Error, TimeoutError, RuntimeFailure) as exc:
             conn.close()

@@ -748,16 +748,22 @@ def listening_inodes(port: int) -> set[str]:
     return inodes
 
 
-def reload_sshd() -> None:
-    """Make sshd load the new host keys and wait until it listens again.
+def restart_sshd() -> set[str]:
+    """Send sshd SIGHUP, which makes it re-execute itself and load the new host keys, and return
+    the inodes of its listening sockets from before.
 
-    SIGHUP makes sshd re-execute itself, which closes its listening socket and opens a new one;
-    connections that are open, the host's among them, stay up.
+    sshd closes its listening socket and opens a new one; open connections, the host's among
+    them, stay up.
     """
     with open(SSHD_PID_PATH) as handle:
         pid = int(handle.read().strip())
     before = listening_inodes(SSHD_PORT)
     os.kill(pid, signal.SIGHUP)
+    return before
+
+
+def wait_for_sshd(before: set[str]) -> None:
+    """Wait until sshd listens on a socket that is not one of `before`."""
     deadline = time.monotonic() + SSHD_RESTART_SECONDS
     while True:
         now = listening_inodes(SSHD_PORT)
@@ -766,24 +772,44 @@ def reload_sshd() -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"sshd did not listen again within {SSHD_RESTART_SECONDS:g} s")
         time.sleep(0.02)
-    say("sshd restarted with the new host keys")
+    say("sshd listens again, with the new host keys")
+
+
+def read_go() -> tuple[Metadata, dict[str, Any]] | None:
+    """Wait for the host's "go" line; return the identity it carries, or None to fetch it.
+
+    The host may append the metadata document to "go", which saves a request to the metadata
+    service at hand-out.
+
+    :raise MetadataError: no "go" line, or an unusable document.
+    """
+    line = sys.stdin.readline().strip()
+    word, _, body = line.partition(" ")
+    if word != "go":
+        raise MetadataError(f"no go from the host ({line[:40] or 'end of input'}): keeping the pool identity")
+    if not body:
+        return None
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:
+        raise MetadataError(f"the metadata after go is not JSON: {exc}") from exc
+    return parse_metadata(raw), raw
 
 
 def reidentify(wait: bool) -> int:
-    """Take on the identity the metadata service now serves, without a reboot.
+    """Take on the VM's new identity without a reboot.
 
     Steps: stage new host keys, (with `wait`) report them and wait for "go" on stdin, fetch the
-    metadata, write hostname, authorized_keys and environment, install the staged host keys, make
-    sshd use them, then report, post the host keys and pass the environment to systemd.
+    metadata unless "go" carried it, write hostname, authorized_keys and environment, install the
+    staged host keys and restart sshd, then report. A child process then waits for sshd, posts
+    the host keys and passes the environment to systemd.
     """
     keys = stage_host_keys()
+    received = None
     if wait:
         emit("ready", {"host_keys": keys})
-        line = sys.stdin.readline().strip()
-        if line != "go":
-            say(f"no go from the host ({line or 'end of input'}): keeping the pool identity")
-            return 1
-    metadata, raw = fetch_metadata(REIDENTIFY_METADATA_SECONDS)
+        received = read_go()
+    metadata, raw = received or fetch_metadata(REIDENTIFY_METADATA_SECONDS)
     say(f"metadata: vm {metadata.name} ({metadata.instance_id}), owner {metadata.owner}")
     save_metadata(raw)
     if metadata.hostname:
@@ -792,7 +818,9 @@ def reidentify(wait: bool) -> int:
     write_file(ENVIRONMENT_PATH, render_environment(metadata.env))
     write_file(PROFILE_PATH, render_profile(metadata.env))
     install_staged_host_keys()
-    reload_sshd()
+    listening_before = restart_sshd()
+    # sshd takes a second or more under TCG emulation to listen again. The host's connection
+    # stays up meanwhile, so the report does not wait for it.
     emit("done", {"host_keys": keys, "hostname": metadata.hostname})
 
     # The rest is not needed for the owner's first login. A child in its own session does it, so
@@ -805,6 +833,7 @@ def reidentify(wait: bool) -> int:
     os.dup2(null_fd, 0)
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
+    step("waiting for sshd", wait_for_sshd, listening_before)
     post_host_keys(keys, POST_RETRY_SECONDS)
     if metadata.env:
         assignments = [f"{key}={value}" for key, value in sorted(metadata.env.items())]

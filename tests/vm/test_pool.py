@@ -170,9 +170,10 @@ def test_pool_hand_out_identity(pool_platform: tuple[Platform, SSHUser]) -> None
     assert len(refilled) == 2
     assert not {row["id"] for row in refilled} & pool_ids
 
-    # A disk size other than the default boots a VM of its own.
+    # A disk size other than the default boots a VM of its own. Each newbie runs one VM at most.
+    carol = platform.make_user("carol")
     before = {row["id"] for row in refilled}
-    cold = platform.ssh(alice, ["new", "--name", "big-disk", "--disk", "5G", "--json"])
+    cold = platform.ssh(carol, ["new", "--name", "big-disk", "--disk", "5G", "--json"])
     assert cold.status == 0, cold.stderr + platform.log_tail()
     assert json.loads(cold.stdout)["disk_bytes"] == 5 * 1024**3
     big = rows(platform, "SELECT id FROM vms WHERE name = 'big-disk'")[0]["id"]
@@ -188,10 +189,11 @@ def test_pool_hand_out_identity(pool_platform: tuple[Platform, SSHUser]) -> None
     )
     assert {row["id"] for row in pool_rows(platform)} == before
     assert set(platform.vm_pids()) == pids_before
-    handed = platform.ssh(bob, ["new", "--name", "after-restart", "--json"])
+    dave = platform.make_user("dave")
+    handed = platform.ssh(dave, ["new", "--name", "after-restart", "--json"])
     assert handed.status == 0, handed.stderr + platform.log_tail()
     assert rows(platform, "SELECT id FROM vms WHERE name = 'after-restart'")[0]["id"] in before
-    assert platform.ssh(bob, "hostname", login="after-restart").stdout.strip() == "after-restart"
+    assert platform.ssh(dave, "hostname", login="after-restart").stdout.strip() == "after-restart"
 
 
 def tap_devices(platform: Platform) -> list[str]:

@@ -131,6 +131,7 @@ class WarmPool:
         )
         self._memory_warned = False
         self._background: set[asyncio.Task[None]] = set()
+        self._handing_out = 0
 
     # Lifecycle.
 
@@ -210,9 +211,25 @@ class WarmPool:
             log.info("user=%s new boots a VM: %s", owner.handle, reason)
             return None
 
-        started = time.monotonic()
         pooled = self._ready.popleft()
-        self._wake.set()
+        self._handing_out += 1
+        try:
+            return await self._hand_out(pooled, owner, name=name, options=options, progress=progress)
+        finally:
+            self._handing_out -= 1
+            # The replacement boots after the hand-out, so that it does not take the CPU from it.
+            self._wake.set()
+
+    async def _hand_out(
+        self,
+        pooled: PooledVM,
+        owner: User,
+        *,
+        name: str | None,
+        options: NewVMOptions,
+        progress: Callable[[str], None],
+    ) -> VM | None:
+        started = time.monotonic()
         progress("taking a booted VM from the warm pool")
         try:
             vm = await self.manager.assign_pooled(
@@ -349,7 +366,7 @@ class WarmPool:
             extra.conn.close()
             await self.manager.discard(extra.vm, f"pool shrinks to {target}")
             return 0.0
-        if len(self._ready) >= target or not self._memory_allows_boot():
+        if len(self._ready) >= target or self._handing_out or not self._memory_allows_boot():
             return CHECK_INTERVAL_SECONDS
         manifest = self.manager.resolve_image(self.image)
         self._booting += 1

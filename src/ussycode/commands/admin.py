@@ -132,11 +132,11 @@ def _pool(admin: Administration) -> CommandResult:
                 str(status.booting),
                 str(status.target),
                 f"{status.pool_size}-{status.pool_max}",
-                str(status.handed_out),
+                str(status.recent_requests),
                 f"{available} (reserve {format_size(status.memory_reserve)})",
             ]
         )
-    headers = ["image", "ready", "booting", "target", "size range", "handed out (10 min)", "host memory free"]
+    headers = ["image", "ready", "booting", "target", "size range", "requests (10 min)", "host memory free"]
     data = {"enabled": True, "images": [status.as_dict() for status in statuses]}
     return CommandResult(data, table(headers, rows))
 

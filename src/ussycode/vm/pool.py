@@ -12,9 +12,9 @@ fetches the new identity from the metadata service, applies it (hostname, author
 environment), swaps in the staged host keys and restarts sshd. No reboot happens. The connection
 stays open for the VM's first SSH session. The pool then boots a replacement.
 
-The pool's target size is `--pool-size`, raised towards `--pool-max` by the number of VMs handed
-out during the last `DEMAND_WINDOW_SECONDS`. It boots no VM that would leave the host with less
-available memory than `--memory-reserve`.
+The pool's target size is the number of `new` requests that a pool VM could serve during the
+last `DEMAND_WINDOW_SECONDS`, at least `--pool-size` and at most `--pool-max`. The pool boots no
+VM that would leave the host with less available memory than `--memory-reserve`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POOL_HANDLE = "_pool"
-# Hand-outs within this many seconds count as demand that grows the pool towards --pool-max.
+# `new` requests within this many seconds count as demand that grows the pool towards --pool-max.
 DEMAND_WINDOW_SECONDS = 600.0
 # How often the pool checks its VMs and its size when nothing wakes it earlier.
 CHECK_INTERVAL_SECONDS = 5.0
@@ -89,7 +89,7 @@ class PoolStatus:
     target: int
     pool_size: int
     pool_max: int
-    handed_out: int
+    recent_requests: int
     memory_available: int | None
     memory_reserve: int
 
@@ -101,7 +101,7 @@ class PoolStatus:
             "target": self.target,
             "pool_size": self.pool_size,
             "pool_max": self.pool_max,
-            "handed_out_recently": self.handed_out,
+            "recent_requests": self.recent_requests,
             "memory_available": self.memory_available,
             "memory_reserve": self.memory_reserve,
         }
@@ -118,7 +118,8 @@ class WarmPool:
         self.image = self.config.image
         self._ready: deque[PooledVM] = deque()
         self._booting = 0
-        self._handouts: deque[float] = deque()
+        # Monotonic times of recent `new` requests that a pool VM could serve.
+        self._requests: deque[float] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._agent = _agent_source()
@@ -132,6 +133,7 @@ class WarmPool:
         self._memory_warned = False
         self._background: set[asyncio.Task[None]] = set()
         self._handing_out = 0
+        self._adopting = 0
 
     # Lifecycle.
 
@@ -141,17 +143,26 @@ class WarmPool:
             if not self.manager.is_pooled(vm):
                 continue
             if self.enabled and await self.manager.adopt_pooled(vm):
-                try:
-                    self._ready.append(await self._prepare(vm))
-                    log.info("vm=%s pool VM adopted after a restart", vm.name)
-                    continue
-                except RuntimeFailure as exc:
-                    log.warning("vm=%s pool VM from before the restart is unusable: %s", vm.name, exc)
-            await self.manager.discard(vm, "pool VM left over from before a restart")
+                # Its agent ended with the old server's connection: start a new one meanwhile.
+                self._adopting += 1
+                self._spawn(self._adopt(vm))
+            else:
+                await self.manager.discard(vm, "pool VM left over from before a restart")
         if self.enabled:
             self._task = asyncio.create_task(self._run())
         else:
             log.info("warm pool off (--pool-size 0): new boots every VM")
+
+    async def _adopt(self, vm: VM) -> None:
+        try:
+            self._ready.append(await self._prepare(vm))
+            log.info("vm=%s pool VM adopted after a restart", vm.name)
+        except RuntimeFailure as exc:
+            log.warning("vm=%s pool VM from before the restart is unusable: %s", vm.name, exc)
+            await self.manager.discard(vm, "pool VM left over from before a restart is unusable")
+        finally:
+            self._adopting -= 1
+            self._wake.set()
 
     @property
     def enabled(self) -> bool:
@@ -286,18 +297,19 @@ class WarmPool:
 
     def _record_demand(self) -> None:
         now = time.monotonic()
-        self._handouts.append(now)
-        while self._handouts and self._handouts[0] < now - DEMAND_WINDOW_SECONDS:
-            self._handouts.popleft()
+        self._requests.append(now)
+        while self._requests and self._requests[0] < now - DEMAND_WINDOW_SECONDS:
+            self._requests.popleft()
 
     # Size.
 
     def target(self) -> int:
-        """Return how many VMs the pool aims to hold: --pool-size plus recent demand, up to --pool-max."""
+        """Return how many VMs the pool aims to hold: the recent requests it could serve, at least
+        --pool-size and at most --pool-max."""
         if self.config.pool_size == 0:
             return 0
         now = time.monotonic()
-        recent = sum(1 for moment in self._handouts if moment >= now - DEMAND_WINDOW_SECONDS)
+        recent = sum(1 for moment in self._requests if moment >= now - DEMAND_WINDOW_SECONDS)
         return min(self.config.pool_max, max(self.config.pool_size, recent))
 
     def status(self) -> list[PoolStatus]:
@@ -311,11 +323,11 @@ class WarmPool:
             PoolStatus(
                 image=self.image,
                 ready=len(self._ready),
-                booting=self._booting,
+                booting=self._booting + self._adopting,
                 target=self.target(),
                 pool_size=self.config.pool_size,
                 pool_max=self.config.pool_max,
-                handed_out=sum(1 for moment in self._handouts if moment >= now - DEMAND_WINDOW_SECONDS),
+                recent_requests=sum(1 for moment in self._requests if moment >= now - DEMAND_WINDOW_SECONDS),
                 memory_available=available,
                 memory_reserve=self.config.memory_reserve,
             )
@@ -366,7 +378,7 @@ class WarmPool:
             extra.conn.close()
             await self.manager.discard(extra.vm, f"pool shrinks to {target}")
             return 0.0
-        if len(self._ready) >= target or self._handing_out or not self._memory_allows_boot():
+        if len(self._ready) + self._adopting >= target or self._handing_out or not self._memory_allows_boot():
             return CHECK_INTERVAL_SECONDS
         manifest = self.manager.resolve_image(self.image)
         self._booting += 1

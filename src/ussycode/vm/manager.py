@@ -654,10 +654,14 @@ class VMManager:
 
         :raise RuntimeFailure: the guest has not reported host keys yet or did not accept us.
         """
+        # The spare was verified against the host keys the VM had in the pool, before the hand-out
+        # replaced them. It leads into the same VM, and every later connection checks the new keys.
         spare = self._spare_connections.pop(vm.id, None)
-        if spare is not None and agent_path is None and not spare.is_closed():
-            log.debug("vm=%s using the connection left open by the pool hand-out", vm.name)
-            return spare
+        if spare is not None:
+            if agent_path is None and not spare.is_closed():
+                log.debug("vm=%s using the connection left open by the pool hand-out", vm.name)
+                return spare
+            spare.close()
         host_keys = self.known_host_keys(vm)
         if not host_keys:
             raise RuntimeFailure(f'vm "{vm.name}" has not reported its SSH host keys yet')

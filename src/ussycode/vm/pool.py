@@ -115,6 +115,7 @@ class WarmPool:
         self.manager = manager
         self.describe = describe
         self.config = manager.config
+        # NOTE: only the default image is pooled; `new --image` of another image boots cold.
         self.image = self.config.image
         self._ready: deque[PooledVM] = deque()
         self._booting = 0

@@ -112,7 +112,7 @@ class VMManager:
         self._layers_lock = asyncio.Lock()
         self.details = VMDetailsStore(store)
         self.stats = StatsSampler(self)
-        # Set by the server when the warm pool is on; `create` then asks it first.
+        # Set by the server. `create` offers each request to the warm pool before it boots a VM.
         self.pool: WarmPool | None = None
         pool_user = store.find_user_by_handle(POOL_HANDLE)
         self.pool_owner_id = pool_user.id if pool_user is not None else None
@@ -778,8 +778,8 @@ class VMManager:
         self.store.set_vm_host_keys(vm.id, "\n".join(keys))
         log.info("vm=%s reported %d host keys", vm.name, len(keys))
 
-    # Warm pool: VMs booted before anyone asks, owned by the pool's user until `new` takes one.
-    # ussycode.vm.pool decides when; these methods change the store and the VM.
+    # Warm pool: VMs booted ahead of requests, owned by the pool's user until `new` takes one.
+    # ussycode.vm.pool decides when these methods run, and they change the store and the VM.
 
     def is_pooled(self, vm: VM) -> bool:
         """Return whether `vm` belongs to the warm pool, which no user may see or reach."""
@@ -829,7 +829,7 @@ class VMManager:
         self, vm: VM, owner: User, *, name: str | None, options: NewVMOptions, host_keys: list[str]
     ) -> VM:
         """Give pooled `vm` its owner, name, settings and next host keys in the store, after the
-        checks of `create`; the guest takes the new identity afterwards.
+        checks of `create`. The guest takes the new identity afterwards.
 
         :raise Conflict: the name is taken.
         :raise QuotaExceeded, PermissionDenied: as for `create`.

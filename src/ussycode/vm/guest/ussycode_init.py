@@ -675,9 +675,9 @@ def main() -> int:
 #
 # A pooled VM booted with the identity of no user: its metadata named no owner, so its
 # authorized_keys contains only the gateway's key. When `new` takes the VM, the host changes the
-# VM's record and tells this agent to apply the new identity without a reboot. With `--wait`,
-# the slow part (new host keys) is done first, and the agent then waits for the host's "go" on
-# stdin. Lines for the host start with "@" and carry JSON; every other line is a log line.
+# VM's record and sends this agent "go", and the agent applies the new identity without a reboot.
+# With `--wait`, the agent first does the slow part (new host keys), then waits for "go" on stdin.
+# Lines for the host start with "@" and carry JSON. Every other line is a log line.
 
 NEXT_HOST_KEYS_DIR = "/etc/ssh/ussycode-next"
 SSHD_PID_PATH = "/run/sshd.pid"

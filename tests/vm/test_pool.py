@@ -175,7 +175,7 @@ def test_pool_hand_out_identity(pool_platform: tuple[Platform, SSHUser]) -> None
     before = {row["id"] for row in refilled}
     cold = platform.ssh(carol, ["new", "--name", "big-disk", "--disk", "5G", "--json"])
     assert cold.status == 0, cold.stderr + platform.log_tail()
-    assert json.loads(cold.stdout)["disk_bytes"] == 5 * 1024**3
+    assert json.loads(cold.stdout)["disk"] == "5G"
     big = rows(platform, "SELECT id FROM vms WHERE name = 'big-disk'")[0]["id"]
     assert big not in before
     assert "new boots a VM: --disk 5G differs from the pool's" in platform.log_path.read_text()

@@ -46,6 +46,8 @@ GUEST_USER = "ussycode"
 GUEST_COMMAND_TIMEOUT = 30.0
 # Seconds after a pool hand-out during which a refused SSH connection to the guest is retried.
 SSHD_RESTART_SECONDS = 15.0
+# Pool VMs boot at this niceness, so that users' VMs and requests get the CPU first.
+POOL_NICENESS = 10
 
 T = TypeVar("T")
 
@@ -816,10 +818,25 @@ class VMManager:
                     disk = self._new_disk_path(vm)
                     await disks.create_disk(image.rootfs, disk, vm.disk_bytes)
                     self._point_disk(vm, disk)
-                return await self._boot(vm, _no_progress)
+                renice = asyncio.create_task(self._renice_when_started(vm, POOL_NICENESS))
+                try:
+                    return await self._boot(vm, _no_progress)
+                finally:
+                    renice.cancel()
             except BaseException as exc:
                 await self._discard_new(vm, owner, exc)
                 raise
+
+    async def _renice_when_started(self, vm: VM, niceness: int) -> None:
+        """Set the niceness of the VM's hypervisor as soon as it runs, polling for up to 30 s."""
+        spec = self.spec(vm)
+        for _ in range(300):
+            pid = self.runtime.pid(spec)
+            if pid is not None:
+                _renice(pid, niceness)
+                log.debug("vm=%s hypervisor pid=%d runs at niceness %d", vm.name, pid, niceness)
+                return
+            await asyncio.sleep(0.1)
 
     def pooled_disk_bytes(self, image: ImageManifest) -> int:
         """Return the disk size of pool VMs: the one `new` gives without `--disk`."""
@@ -860,6 +877,9 @@ class VMManager:
         if spare is not None:
             self._spare_connections[vm.id] = spare
         self._sshd_restarts[vm.id] = time.monotonic() + SSHD_RESTART_SECONDS
+        pid = self.runtime.pid(self.spec(vm))
+        if pid is not None:
+            _renice(pid, 0)
         return await self._set_state(vm, VMState.RUNNING, started=True)
 
     def drop_spare_connection(self, vm_id: int) -> None:
@@ -973,6 +993,18 @@ async def _uncancellable(coroutine: Coroutine[Any, Any, T]) -> T:
         with contextlib.suppress(Exception):
             await task
         raise
+
+
+def _renice(pid: int, niceness: int) -> None:
+    """Set the niceness of every thread of process `pid`; QEMU runs each vCPU in a thread."""
+    try:
+        threads = [int(entry) for entry in os.listdir(f"/proc/{pid}/task")]
+    except OSError as exc:
+        log.debug("pid=%d not reniced: %s", pid, exc)
+        return
+    for thread in threads:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
 def _set_hostname_command(name: str) -> str:

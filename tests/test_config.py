@@ -68,6 +68,11 @@ def test_config_precedence_flag_env_file(tmp_path: Path) -> None:
         (["--domain", "nodot"], "--domain"),
         (["--bridge", "this-name-is-too-long"], "--bridge"),
         (["--vm-dns", "1.1.1"], "--vm-dns"),
+        (["--pool-size", "-1"], "--pool-size"),
+        (["--pool-size", "two"], "--pool-size"),
+        (["--pool-max", "-3"], "--pool-max"),
+        (["--pool-size", "4", "--pool-max", "3"], "must be at least --pool-size (4)"),
+        (["--memory-reserve", "much"], "--memory-reserve"),
     ],
 )
 def test_config_invalid_values_named(argv: list[str], fragment: str) -> None:
@@ -75,6 +80,15 @@ def test_config_invalid_values_named(argv: list[str], fragment: str) -> None:
         parse(argv)
     assert fragment in caught.value.message
     assert "invalid --" in caught.value.message
+
+
+def test_config_pool_settings() -> None:
+    defaults = parse([])
+    assert (defaults.pool_size, defaults.pool_max, defaults.memory_reserve) == (1, 3, 1024**3)
+    off = parse([], {"USSYCODE_POOL_SIZE": "0", "USSYCODE_POOL_MAX": "0"})
+    assert (off.pool_size, off.pool_max) == (0, 0)
+    grown = parse(["--pool-size", "2", "--pool-max", "5", "--memory-reserve", "512"])
+    assert (grown.pool_size, grown.pool_max, grown.memory_reserve) == (2, 5, 512 * 1024**2)
 
 
 def test_config_invalid_env_value_names_variable() -> None:

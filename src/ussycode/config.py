@@ -103,6 +103,13 @@ def _check_positive_int(text: str) -> int:
     return value
 
 
+def _check_non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be a whole number, 0 or more")
+    return value
+
+
 def _check_non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -422,6 +429,24 @@ SETTINGS: tuple[Setting, ...] = (
         "requests per minute through the LLM gateway for each user on their own keys",
         _check_positive_int,
     ),
+    Setting(
+        "pool_size",
+        "1",
+        "booted VMs of the default image kept ready for new; 0 turns the warm pool off",
+        _check_non_negative_int,
+    ),
+    Setting(
+        "pool_max",
+        "3",
+        "most VMs the warm pool grows to while new is in demand (at least --pool-size)",
+        _check_non_negative_int,
+    ),
+    Setting(
+        "memory_reserve",
+        "1G",
+        "host memory (size) that the warm pool leaves available: it boots no VM that would leave less",
+        lambda t: parse_size(t, default_unit="M"),
+    ),
 )
 
 # Settings whose values are never shown or logged.
@@ -503,6 +528,9 @@ class Config:
     llm_tier_operator: str = "tokens=5000000,rpm=120"
     llm_tier_admin: str = "tokens=20000000,rpm=300"
     llm_own_key_rpm: int = 300
+    pool_size: int = 1
+    pool_max: int = 3
+    memory_reserve: int = 1024**3
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property
@@ -649,6 +677,11 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
     if checked["llm_routussy"] and not checked["routussy_url"]:
         raise ConfigError("--llm-routussy yes needs --routussy-url (USSYCODE_ROUTUSSY_URL)")
     _check_llm_settings(checked, sources)
+    if checked["pool_max"] < checked["pool_size"]:
+        raise ConfigError(
+            f"invalid --pool-max (USSYCODE_POOL_MAX, from {sources['pool_max']}): {checked['pool_max']}:"
+            f" must be at least --pool-size ({checked['pool_size']})"
+        )
     from ussycode.auth.tiers import parse_tier_limits
 
     for tier in ("newbie", "citizen", "operator", "admin"):

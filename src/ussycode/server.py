@@ -28,6 +28,7 @@ from ussycode.vm.image import find_image, list_images
 from ussycode.vm.kvm import probe_kvm
 from ussycode.vm.manager import VMManager
 from ussycode.vm.network import Network
+from ussycode.vm.pool import WarmPool
 from ussycode.vm.qemu import QemuRuntime
 
 log = logging.getLogger(__name__)
@@ -119,13 +120,15 @@ async def serve(config: Config) -> None:
         gateway_key=gateway_key,
         listener=routes,
     )
-    services = Services(config=config, store=store, manager=manager)
     metadata = MetadataService(
         config=config,
         store=store,
         manager=manager,
         gateway_public_key=public_key_line(gateway_key, "ussycode-gateway"),
     )
+    pool = WarmPool(manager, metadata.document)
+    manager.pool = pool
+    services = Services(config=config, store=store, manager=manager)
     verifier = TokenVerifier(store, config.domain)
     limiter = RateLimiter(config.api_rate, 2 * config.api_rate)
     denied = DeniedRequestLog(AuditLog(store))
@@ -149,8 +152,9 @@ async def serve(config: Config) -> None:
         await metadata.start()
         await api.start()
         await admin_panel.start()
-        await caddy.start([routes.route(vm) for vm in store.list_vms()])
+        await caddy.start([routes.route(vm) for vm in store.list_vms() if not manager.is_pooled(vm)])
         await manager.reconcile()
+        await pool.start()
         await gateway.start()
         supervisor = asyncio.create_task(manager.supervise())
         log.info(
@@ -168,6 +172,7 @@ async def serve(config: Config) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor
         await gateway.stop()
+        await pool.close()
         await manager.close()
         with contextlib.suppress(RuntimeFailure):
             await caddy.stop()

@@ -99,6 +99,9 @@ class Platform:
                 "USSYCODE_VM_DISK": "4G",
                 "USSYCODE_BOOT_TIMEOUT": "240",
                 "USSYCODE_LOG_LEVEL": "debug",
+                # A warm pool boots VMs in the background, which would slow every test and make
+                # `new` take either path. Tests of the pool turn it on.
+                "USSYCODE_POOL_SIZE": "0",
             }
         )
         env.update(self.extra_env)

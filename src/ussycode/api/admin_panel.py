@@ -339,7 +339,7 @@ class AdminPanel:
 
     async def dashboard(self, request: web.Request, visitor: Visitor) -> web.Response:
         users = TrustStore(self.store).list_users()
-        vms = self.store.list_vms()
+        vms = [vm for vm in self.store.list_vms() if not self.manager.is_pooled(vm)]
         states = Counter(vm.state for vm in vms)
         host = _host_facts(self.config)
         events = self.store.list_events(limit=15)
@@ -414,6 +414,8 @@ class AdminPanel:
         owners = {user.id: user.handle for user in TrustStore(self.store).list_users()}
         rows = []
         for vm in self.store.list_vms():
+            if self.manager.is_pooled(vm):
+                continue  # `admin pool` shows the warm pool
             name = quote(vm.name)
             actions = " ".join(
                 [

@@ -65,13 +65,14 @@ class Administration:
 
     def user(self, handle: str) -> User:
         user = self.store.find_user_by_handle(handle)
-        if user is None:
+        # The warm pool's user is no person: it is not listed and cannot be changed.
+        if user is None or user.id == self.manager.pool_owner_id:
             raise NotFound(f'no user "{handle}": run "admin users" to list them')
         return user
 
     def vm(self, name: str) -> VM:
         vm = self.store.find_vm(name)
-        if vm is None:
+        if vm is None or self.manager.is_pooled(vm):
             raise NotFound(f'no VM named "{name}": run "admin vms" to list them')
         return vm
 

@@ -23,13 +23,14 @@ from ussycode.config import format_size
 from ussycode.store.audit import AuditLog
 from ussycode.store.trust import TrustStore
 
-SUBCOMMANDS = ("users", "vms", "set-trust", "set-limit", "suspend", "reinstate", "add-user", "invite")
+SUBCOMMANDS = ("users", "vms", "pool", "set-trust", "set-limit", "suspend", "reinstate", "add-user", "invite")
 
 
 def _arguments(parser: ArgumentParser) -> None:
     actions = add_subcommands(parser)
     add_subcommand(actions, "users", "list every user with tier, use and state (operators and admins)")
     add_subcommand(actions, "vms", "list every VM with owner, state and resources (operators and admins)")
+    add_subcommand(actions, "pool", "show the warm pool of booted VMs for new, per image (admins)")
     trust = add_subcommand(actions, "set-trust", "set a user's trust tier")
     trust.add_argument("handle", metavar="HANDLE", help="the user")
     trust.add_argument("tier", metavar="TIER", help=f"one of {', '.join(TIER_NAMES)}")
@@ -92,6 +93,8 @@ def _vms(admin: Administration) -> CommandResult:
     data = []
     rows = []
     for vm in store.list_vms():
+        if admin.manager.is_pooled(vm):
+            continue  # `admin pool` shows the warm pool
         owner = owners.get(vm.owner_id, "?")
         data.append(
             {
@@ -111,6 +114,33 @@ def _vms(admin: Administration) -> CommandResult:
     return CommandResult(data, table(["name", "owner", "state", "cpus", "memory", "disk", "ip"], rows))
 
 
+def _pool(admin: Administration) -> CommandResult:
+    admin.require(Tier.ADMIN)
+    pool = admin.manager.pool
+    if pool is None or not pool.enabled:
+        return CommandResult({"enabled": False, "images": []}, "the warm pool is off (--pool-size 0)")
+    statuses = pool.status()
+    rows = []
+    for status in statuses:
+        available = (
+            "?" if status.memory_available is None else format_size(status.memory_available // 2**20 * 2**20)
+        )
+        rows.append(
+            [
+                status.image,
+                str(status.ready),
+                str(status.booting),
+                str(status.target),
+                f"{status.pool_size}-{status.pool_max}",
+                str(status.recent_requests),
+                f"{available} (reserve {format_size(status.memory_reserve)})",
+            ]
+        )
+    headers = ["image", "ready", "booting", "target", "size range", "requests (10 min)", "host memory free"]
+    data = {"enabled": True, "images": [status.as_dict() for status in statuses]}
+    return CommandResult(data, table(headers, rows))
+
+
 async def admin(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     services = ctx.services
     actions = Administration(services.config, services.store, services.manager, ctx.user)
@@ -118,6 +148,8 @@ async def admin(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
         return _users(actions)
     if args.action == "vms":
         return _vms(actions)
+    if args.action == "pool":
+        return _pool(actions)
     if args.action == "set-trust":
         after = actions.set_trust(args.handle, args.tier)
         return CommandResult(
@@ -176,7 +208,7 @@ def _invite(ctx: CommandContext, actions: Administration, args: argparse.Namespa
 COMMANDS = [
     Command(
         "admin",
-        "Administer users and VMs: tiers, limits, suspensions, invitations (operators and admins).",
+        "Administer users, VMs and the warm pool: tiers, limits, suspensions, invitations (operators).",
         admin,
         group="admin",
         arguments=_arguments,
@@ -184,6 +216,7 @@ COMMANDS = [
         examples=[
             "admin users",
             "admin vms",
+            "admin pool",
             "admin set-trust alice citizen",
             "admin set-limit alice vms 5",
             "admin set-limit alice memory default",

@@ -85,6 +85,11 @@ class MetadataService:
         remote = request.remote or ""
         return self.store.find_vm_by_ip(remote)
 
+    def hostname(self, vm: VM) -> str:
+        """Return the VM's hostname: its name, or `pool-<id>` for a warm-pool VM, whose name is no
+        valid hostname. sudo in the guest resolves the hostname, which must be in /etc/hosts."""
+        return f"pool-{vm.id}" if self.manager.is_pooled(vm) else vm.name
+
     def instance_id(self, vm: VM) -> str:
         return f"vm-{vm.id:08d}"
 
@@ -107,7 +112,7 @@ class MetadataService:
         owner = self.store.get_user(vm.owner_id)
         document = {
             "name": vm.name,
-            "hostname": vm.name,
+            "hostname": self.hostname(vm),
             "instance_id": self.instance_id(vm),
             "owner": owner.handle,
             "local_ipv4": vm.ip,
@@ -194,7 +199,7 @@ class MetadataService:
         if vm is None:
             return self._unknown(request)
         values = {
-            "hostname": vm.name,
+            "hostname": self.hostname(vm),
             "instance-id": self.instance_id(vm),
             "local-ipv4": vm.ip,
             "openssh-key": "\n".join(self.ssh_keys(vm)),

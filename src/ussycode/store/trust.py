@@ -39,7 +39,9 @@ class TrustStore:
         self.store = store
 
     def list_users(self) -> list[User]:
-        return [User(**dict(row)) for row in self.store.execute("SELECT * FROM users ORDER BY id")]
+        """Return every user but the warm pool's own, whose handle starts with "_"."""
+        rows = self.store.execute("SELECT * FROM users WHERE handle NOT LIKE '\\_%' ESCAPE '\\' ORDER BY id")
+        return [User(**dict(row)) for row in rows]
 
     # Tiers and suspensions.
 

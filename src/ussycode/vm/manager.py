@@ -31,6 +31,7 @@ from ussycode.store.vm_details import VMDetailsStore
 from ussycode.vm import disks, snapshots
 from ussycode.vm.image import ImageManifest, find_image
 from ussycode.vm.network import Network
+from ussycode.vm.pool import POOL_HANDLE, WarmPool
 from ussycode.vm.runtime import VMRuntime, VMSpec
 from ussycode.vm.state import VMState, check_transition
 from ussycode.vm.stats import StatsSampler
@@ -43,6 +44,10 @@ READY_POLL_SECONDS = 1.0
 SUPERVISE_INTERVAL_SECONDS = 2.0
 GUEST_USER = "ussycode"
 GUEST_COMMAND_TIMEOUT = 30.0
+# Seconds after a pool hand-out during which a refused SSH connection to the guest is retried.
+SSHD_RESTART_SECONDS = 15.0
+# Pool VMs boot at this niceness, so that users' VMs and requests get the CPU first.
+POOL_NICENESS = 10
 
 T = TypeVar("T")
 
@@ -109,6 +114,14 @@ class VMManager:
         self._layers_lock = asyncio.Lock()
         self.details = VMDetailsStore(store)
         self.stats = StatsSampler(self)
+        # Set by the server. `create` offers each request to the warm pool before it boots a VM.
+        self.pool: WarmPool | None = None
+        pool_user = store.find_user_by_handle(POOL_HANDLE)
+        self.pool_owner_id = pool_user.id if pool_user is not None else None
+        # Connections to guests left open by a pool hand-out, for the VM's first session.
+        self._spare_connections: dict[int, asyncssh.SSHClientConnection] = {}
+        # Monotonic times until which a VM's sshd may refuse connections while it restarts.
+        self._sshd_restarts: dict[int, float] = {}
 
     # Paths and specs.
 
@@ -217,6 +230,12 @@ class VMManager:
                 f"--disk {format_size(disk_bytes)} is smaller than the image {image_name} ({minimum}):"
                 f" choose at least {minimum}"
             )
+        if self.pool is not None:
+            pooled = await self.pool.hand_out(
+                owner, name=name, image=image_name, disk_bytes=disk_bytes, options=options, progress=progress
+            )
+            if pooled is not None:
+                return pooled
         async with self._create_lock:
             # A taken name is the more specific error, so it is reported before any limit.
             if name is None:
@@ -549,6 +568,8 @@ class VMManager:
     async def _set_state(self, vm: VM, state: VMState, *, started: bool = False) -> VM:
         vm = self.store.set_vm_state(vm.id, state, started=started)
         self.store.add_event(vm.id, vm.name, vm.owner_id, state.value)
+        if self.is_pooled(vm):
+            return vm
         try:
             await self.listener.vm_changed(vm)
         except UssycodeError as exc:
@@ -635,24 +656,39 @@ class VMManager:
 
         :raise RuntimeFailure: the guest has not reported host keys yet or did not accept us.
         """
+        # The spare was verified against the host keys the VM had in the pool, before the hand-out
+        # replaced them. It leads into the same VM, and every later connection checks the new keys.
+        spare = self._spare_connections.pop(vm.id, None)
+        if spare is not None:
+            if agent_path is None and not spare.is_closed():
+                log.debug("vm=%s using the connection left open by the pool hand-out", vm.name)
+                return spare
+            spare.close()
         host_keys = self.known_host_keys(vm)
         if not host_keys:
             raise RuntimeFailure(f'vm "{vm.name}" has not reported its SSH host keys yet')
-        try:
-            return await asyncssh.connect(
-                vm.ip,
-                22,
-                username=GUEST_USER,
-                client_keys=[self.gateway_key],
-                known_hosts=(host_keys, [], []),
-                agent_path=None,
-                agent_forwarding=agent_path or False,
-                config=None,
-                connect_timeout=timeout,
-                login_timeout=timeout,
-            )
-        except (OSError, asyncssh.Error, TimeoutError) as exc:
-            raise RuntimeFailure(f'cannot reach the sshd of vm "{vm.name}": {exc}') from exc
+        while True:
+            try:
+                return await asyncssh.connect(
+                    vm.ip,
+                    22,
+                    username=GUEST_USER,
+                    client_keys=[self.gateway_key],
+                    known_hosts=(host_keys, [], []),
+                    agent_path=None,
+                    agent_forwarding=agent_path or False,
+                    config=None,
+                    connect_timeout=timeout,
+                    login_timeout=timeout,
+                )
+            except ConnectionRefusedError as exc:
+                # Right after a pool hand-out, sshd restarts with the new host keys.
+                if time.monotonic() < self._sshd_restarts.get(vm.id, 0.0):
+                    await asyncio.sleep(0.1)
+                    continue
+                raise RuntimeFailure(f'cannot reach the sshd of vm "{vm.name}": {exc}') from exc
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                raise RuntimeFailure(f'cannot reach the sshd of vm "{vm.name}": {exc}') from exc
 
     async def probe_ssh(self, vm: VM) -> bool:
         """Return True when the guest's sshd accepts the gateway key and runs a command."""
@@ -695,6 +731,8 @@ class VMManager:
             log.info("vm=%s graceful poweroff request failed: %s", vm.name, exc)
 
     async def _destroy(self, vm: VM) -> None:
+        self.drop_spare_connection(vm.id)
+        self._sshd_restarts.pop(vm.id, None)
         spec = self.spec(vm)
         if self.runtime.pid(spec) is not None:
             await self.runtime.stop(spec, timeout=5.0)
@@ -742,11 +780,142 @@ class VMManager:
         self.store.set_vm_host_keys(vm.id, "\n".join(keys))
         log.info("vm=%s reported %d host keys", vm.name, len(keys))
 
+    # Warm pool: VMs booted ahead of requests, owned by the pool's user until `new` takes one.
+    # ussycode.vm.pool decides when these methods run, and they change the store and the VM.
+
+    def is_pooled(self, vm: VM) -> bool:
+        """Return whether `vm` belongs to the warm pool, which no user may see or reach."""
+        return vm.owner_id == self.pool_owner_id
+
+    async def boot_pooled(self, image: ImageManifest, name: str) -> VM:
+        """Create and boot a VM of the pool's user with the default resources; no route, no quota.
+
+        On failure or cancellation nothing of it remains.
+        """
+        if self.pool_owner_id is None:
+            raise RuntimeFailure(f'the store has no user "{POOL_HANDLE}": its migrations did not run')
+        owner = self.store.get_user(self.pool_owner_id)
+        async with self._create_lock:
+            ip = self.network.allocate_ip(self.store.used_ips())
+            vm = self.store.create_vm(
+                name=name,
+                owner_id=owner.id,
+                state=VMState.STARTING,
+                image=image.name,
+                image_path=str(image.directory),
+                cpus=self.config.vm_cpus,
+                memory_mb=self.config.vm_memory // (1024 * 1024),
+                disk_bytes=self.pooled_disk_bytes(image),
+                ip=ip,
+                mac=Network.mac_for_ip(ip),
+            )
+        log.info("vm=%s pool VM created ip=%s image=%s", vm.name, ip, image.name)
+        async with self._lock(vm):
+            try:
+                self.vm_dir(vm).mkdir(parents=True, exist_ok=True)
+                self.disks_dir.mkdir(parents=True, exist_ok=True)
+                async with self._layers_lock:
+                    disk = self._new_disk_path(vm)
+                    await disks.create_disk(image.rootfs, disk, vm.disk_bytes)
+                    self._point_disk(vm, disk)
+                renice = asyncio.create_task(self._renice_when_started(vm, POOL_NICENESS))
+                try:
+                    return await self._boot(vm, _no_progress)
+                finally:
+                    renice.cancel()
+            except BaseException as exc:
+                await self._discard_new(vm, owner, exc)
+                raise
+
+    async def _renice_when_started(self, vm: VM, niceness: int) -> None:
+        """Set the niceness of the VM's hypervisor as soon as it runs, polling for up to 30 s."""
+        spec = self.spec(vm)
+        for _ in range(300):
+            pid = self.runtime.pid(spec)
+            if pid is not None:
+                _renice(pid, niceness)
+                log.debug("vm=%s hypervisor pid=%d runs at niceness %d", vm.name, pid, niceness)
+                return
+            await asyncio.sleep(0.1)
+
+    def pooled_disk_bytes(self, image: ImageManifest) -> int:
+        """Return the disk size of pool VMs: the one `new` gives without `--disk`."""
+        return max(self.config.vm_disk, image.rootfs_size_bytes)
+
+    async def assign_pooled(
+        self, vm: VM, owner: User, *, name: str | None, options: NewVMOptions, host_keys: list[str]
+    ) -> VM:
+        """Give pooled `vm` its owner, name, settings and next host keys in the store, after the
+        checks of `create`. The guest takes the new identity afterwards.
+
+        :raise Conflict: the name is taken.
+        :raise QuotaExceeded, PermissionDenied: as for `create`.
+        """
+        async with self._create_lock:
+            if name is None:
+                name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
+            check_vm_name(name)
+            if self.store.find_vm(name) is not None:
+                raise Conflict(f'a VM named "{name}" already exists: choose another name')
+            quota.check_new(
+                self.store, self.config, owner, cpus=vm.cpus, memory_mb=vm.memory_mb, disk_bytes=vm.disk_bytes
+            )
+            with self.store.transaction():
+                self.store.execute(
+                    "UPDATE vms SET name = ?, owner_id = ?, host_keys = ? WHERE id = ?",
+                    (name, owner.id, "\n".join(host_keys), vm.id),
+                )
+                self.details.create(vm.id, comment=options.comment, tags=options.tags, env=options.env)
+            assigned = self.store.get_vm(vm.id)
+        self.store.add_event(assigned.id, assigned.name, owner.id, "created", f"from the pool ip={vm.ip}")
+        log.info("vm=%s user=%s created from pool vm=%s ip=%s", assigned.name, owner.handle, vm.name, vm.ip)
+        return assigned
+
+    async def mark_handed_out(self, vm: VM, spare: asyncssh.SSHClientConnection | None) -> VM:
+        """Mark a VM taken from the pool running since now, route its URL, and keep `spare`, a
+        connection into it, for its first session."""
+        if spare is not None:
+            self._spare_connections[vm.id] = spare
+        self._sshd_restarts[vm.id] = time.monotonic() + SSHD_RESTART_SECONDS
+        pid = self.runtime.pid(self.spec(vm))
+        if pid is not None:
+            _renice(pid, 0)
+        return await self._set_state(vm, VMState.RUNNING, started=True)
+
+    def drop_spare_connection(self, vm_id: int) -> None:
+        """Close the connection kept for a VM's first session if no session has taken it."""
+        spare = self._spare_connections.pop(vm_id, None)
+        if spare is not None:
+            spare.close()
+
+    async def discard(self, vm: VM, reason: str) -> None:
+        """Remove a VM (pooled, or one whose hand-out failed) with its process, TAP, disk and row."""
+        async with self._lock(vm):
+            try:
+                vm = self.store.get_vm(vm.id)
+            except NotFound:
+                return
+            log.info("vm=%s discarded: %s", vm.name, reason)
+            await self._destroy(vm)
+            self.store.add_event(None, vm.name, vm.owner_id, "discarded", reason[:500])
+        self._locks.pop(vm.id, None)
+        await self.remove_unused_layers()
+
+    async def adopt_pooled(self, vm: VM) -> bool:
+        """Find a pool VM again after a server restart; return False if its hypervisor is gone."""
+        spec = self.spec(vm)
+        if vm.state != VMState.RUNNING or self.runtime.pid(spec) is None:
+            return False
+        await self.network.create_tap(spec.tap, vm.ip, vm.mac)
+        return True
+
     # Restart recovery and supervision.
 
     async def reconcile(self) -> None:
         """Find VMs again after a server start: adopt live hypervisors, boot the rest that should run."""
         for vm in self.store.list_vms():
+            if self.is_pooled(vm):
+                continue  # the warm pool adopts or discards its own VMs
             spec = self.spec(vm)
             alive = self.runtime.pid(spec) is not None
             if vm.state == VMState.RUNNING and alive:
@@ -793,7 +962,7 @@ class VMManager:
         while True:
             await asyncio.sleep(SUPERVISE_INTERVAL_SECONDS)
             for vm in self.store.list_vms():
-                if vm.state != VMState.RUNNING or self._lock(vm).locked():
+                if vm.state != VMState.RUNNING or self._lock(vm).locked() or self.is_pooled(vm):
                     continue
                 if self.runtime.pid(self.spec(vm)) is None:
                     log.warning("vm=%s hypervisor exited; marking it stopped", vm.name)
@@ -804,6 +973,9 @@ class VMManager:
                             await self._set_state(current, VMState.STOPPED)
 
     async def close(self) -> None:
+        for conn in self._spare_connections.values():
+            conn.close()
+        self._spare_connections.clear()
         for task in list(self._background):
             task.cancel()
         for task in list(self._background):
@@ -821,6 +993,18 @@ async def _uncancellable(coroutine: Coroutine[Any, Any, T]) -> T:
         with contextlib.suppress(Exception):
             await task
         raise
+
+
+def _renice(pid: int, niceness: int) -> None:
+    """Set the niceness of every thread of process `pid`; QEMU runs each vCPU in a thread."""
+    try:
+        threads = [int(entry) for entry in os.listdir(f"/proc/{pid}/task")]
+    except OSError as exc:
+        log.debug("pid=%d not reniced: %s", pid, exc)
+        return
+    for thread in threads:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, thread, niceness)
 
 
 def _set_hostname_command(name: str) -> str:

@@ -7,7 +7,7 @@ default unit (GiB for disks, MiB for memory).
 from __future__ import annotations
 
 from ussycode.config import Config, format_size, parse_size
-from ussycode.errors import InvalidInput, QuotaExceeded
+from ussycode.errors import InvalidInput, QuotaExceeded, RuntimeFailure
 
 MIB = 1024**2
 # Below this a Debian guest with systemd and sshd runs out of memory while it boots.
@@ -72,3 +72,19 @@ def parse_disk(text: str, config: Config, flag: str = "--disk") -> int:
             f"{flag} {format_size(size)} is over the limit of {format_size(config.max_vm_disk)} per VM"
         )
     return size
+
+
+def host_memory_available(meminfo: str = "/proc/meminfo") -> int:
+    """Return the host's available memory in bytes (MemAvailable: what can be allocated without
+    swapping, page cache that can be dropped included).
+
+    :raise RuntimeFailure: the file cannot be read or has no MemAvailable line.
+    """
+    try:
+        with open(meminfo) as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError) as exc:
+        raise RuntimeFailure(f"cannot read the host's available memory from {meminfo}: {exc}") from exc
+    raise RuntimeFailure(f"no MemAvailable line in {meminfo}")

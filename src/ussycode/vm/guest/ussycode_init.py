@@ -671,5 +671,194 @@ def main() -> int:
     return 0
 
 
+# Hand-out of a warm-pool VM: `--reidentify`, run by the host over SSH with sudo.
+#
+# A pooled VM booted with the identity of no user: its metadata named no owner, so its
+# authorized_keys contains only the gateway's key. When `new` takes the VM, the host changes the
+# VM's record and sends this agent "go", and the agent applies the new identity without a reboot.
+# With `--wait`, the agent first does the slow part (new host keys), then waits for "go" on stdin.
+# Lines for the host start with "@" and carry JSON. Every other line is a log line.
+
+NEXT_HOST_KEYS_DIR = "/etc/ssh/ussycode-next"
+SSHD_PID_PATH = "/run/sshd.pid"
+SSHD_PORT = 22
+SSHD_RESTART_SECONDS = 10.0
+REIDENTIFY_METADATA_SECONDS = 10.0
+REIDENTIFY_LOG_PATH = "/var/log/ussycode-reidentify.log"
+
+
+def emit(kind: str, document: dict[str, Any]) -> None:
+    """Print one protocol line for the host: "@kind" and a JSON document."""
+    print(f"@{kind} {json.dumps(document, sort_keys=True)}", flush=True)
+
+
+def stage_host_keys() -> list[str]:
+    """Create new sshd host keys in NEXT_HOST_KEYS_DIR and return their public key lines.
+
+    sshd does not serve them until `install_staged_host_keys` moves them into place, so nobody has
+    seen them before the VM's owner. The directory is on the same filesystem as /etc/ssh, which
+    makes the move atomic.
+    """
+    if os.path.isdir(NEXT_HOST_KEYS_DIR):
+        for name in os.listdir(NEXT_HOST_KEYS_DIR):
+            os.unlink(os.path.join(NEXT_HOST_KEYS_DIR, name))
+    os.makedirs(NEXT_HOST_KEYS_DIR, mode=0o700, exist_ok=True)
+    started = []
+    for key_type in HOST_KEY_TYPES:
+        path = os.path.join(NEXT_HOST_KEYS_DIR, f"ssh_host_{key_type}_key")
+        argv = ["ssh-keygen", "-q", "-t", key_type, "-N", "", "-C", "root@ussycode", "-f", path]
+        started.append(start(argv))
+    for command in started:
+        finish(command)
+    keys = []
+    for key_type in HOST_KEY_TYPES:
+        with open(os.path.join(NEXT_HOST_KEYS_DIR, f"ssh_host_{key_type}_key.pub")) as handle:
+            keys.append(handle.read().strip())
+    say(f"staged {len(keys)} new host keys in {NEXT_HOST_KEYS_DIR}")
+    return keys
+
+
+def install_staged_host_keys() -> None:
+    """Replace every sshd host key with the staged ones; the old keys are deleted."""
+    staged = set(os.listdir(NEXT_HOST_KEYS_DIR))
+    for name in sorted(os.listdir(SSH_DIR)):
+        if name.startswith("ssh_host_") and name not in staged:
+            os.unlink(os.path.join(SSH_DIR, name))
+    # Private keys first: sshd loads a key by its private file.
+    for name in sorted(staged, key=lambda entry: entry.endswith(".pub")):
+        os.replace(os.path.join(NEXT_HOST_KEYS_DIR, name), os.path.join(SSH_DIR, name))
+    os.rmdir(NEXT_HOST_KEYS_DIR)
+    say("installed the staged host keys and deleted the old ones")
+
+
+def listening_inodes(port: int) -> set[str]:
+    """Return the socket inodes listening on TCP `port`, from /proc/net/tcp and tcp6."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                lines = handle.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # Field 3 is the state: 0A is LISTEN. Field 9 is the inode.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def restart_sshd() -> tuple[int, set[str]]:
+    """Send sshd SIGHUP, which makes it re-execute itself and load the new host keys, and return
+    its PID and the inodes of its listening sockets from before.
+
+    sshd closes its listening socket and opens a new one; open connections, the host's among
+    them, stay up. The restart runs at the lowest CPU priority, because it takes seconds under
+    TCG emulation while the owner's first session, over the host's open connection, needs the
+    one vCPU. `wait_for_sshd` restores the priority.
+    """
+    with open(SSHD_PID_PATH) as handle:
+        pid = int(handle.read().strip())
+    before = listening_inodes(SSHD_PORT)
+    os.setpriority(os.PRIO_PROCESS, pid, 19)
+    os.kill(pid, signal.SIGHUP)
+    return pid, before
+
+
+def wait_for_sshd(pid: int, before: set[str]) -> None:
+    """Wait until sshd listens on a socket that is not one of `before`, then give it the normal
+    CPU priority back."""
+    deadline = time.monotonic() + SSHD_RESTART_SECONDS
+    while True:
+        now = listening_inodes(SSHD_PORT)
+        if now and not now & before:
+            os.setpriority(os.PRIO_PROCESS, pid, 0)
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sshd did not listen again within {SSHD_RESTART_SECONDS:g} s")
+        # Not shorter: the owner's first commands share the one vCPU with this loop.
+        time.sleep(0.1)
+    say("sshd listens again, with the new host keys")
+
+
+def read_go() -> tuple[Metadata, dict[str, Any]] | None:
+    """Wait for the host's "go" line; return the identity it carries, or None to fetch it.
+
+    The host may append the metadata document to "go", which saves a request to the metadata
+    service at hand-out.
+
+    :raise MetadataError: no "go" line, or an unusable document.
+    """
+    line = sys.stdin.readline().strip()
+    word, _, body = line.partition(" ")
+    if word != "go":
+        raise MetadataError(f"no go from the host ({line[:40] or 'end of input'}): keeping the pool identity")
+    if not body:
+        return None
+    try:
+        raw = json.loads(body)
+    except ValueError as exc:
+        raise MetadataError(f"the metadata after go is not JSON: {exc}") from exc
+    return parse_metadata(raw), raw
+
+
+def reidentify(wait: bool) -> int:
+    """Take on the VM's new identity without a reboot.
+
+    Steps: stage new host keys, (with `wait`) report them and wait for "go" on stdin, fetch the
+    metadata unless "go" carried it, write hostname, authorized_keys and environment, install the
+    staged host keys and restart sshd, then report. A child process then waits for sshd, posts
+    the host keys and passes the environment to systemd.
+    """
+    keys = stage_host_keys()
+    received = None
+    if wait:
+        emit("ready", {"host_keys": keys})
+        received = read_go()
+    metadata, raw = received or fetch_metadata(REIDENTIFY_METADATA_SECONDS)
+    say(f"metadata: vm {metadata.name} ({metadata.instance_id}), owner {metadata.owner}")
+    save_metadata(raw)
+    if metadata.hostname:
+        apply_hostname(metadata.hostname)
+    apply_ssh_keys(metadata.ssh_keys)
+    write_file(ENVIRONMENT_PATH, render_environment(metadata.env))
+    write_file(PROFILE_PATH, render_profile(metadata.env))
+    install_staged_host_keys()
+    sshd_pid, listening_before = restart_sshd()
+    # sshd takes a second or more under TCG emulation to listen again. The host's connection
+    # stays up meanwhile, so the report does not wait for it.
+    emit("done", {"host_keys": keys, "hostname": metadata.hostname})
+
+    # The rest is not needed for the owner's first login. A child in its own session does it, so
+    # that the host may close this SSH session at once without ending it.
+    if os.fork() > 0:
+        return 0
+    os.setsid()
+    os.nice(19)
+    log_fd = os.open(REIDENTIFY_LOG_PATH, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    step("waiting for sshd", wait_for_sshd, sshd_pid, listening_before)
+    post_host_keys(keys, POST_RETRY_SECONDS)
+    if metadata.env:
+        assignments = [f"{key}={value}" for key, value in sorted(metadata.env.items())]
+        step("passing the environment to systemd", run, ["systemctl", "set-environment", *assignments])
+    say("done")
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def reidentify_main(argv: Sequence[str]) -> int:
+    """Run `reidentify` and report a failure as an "@error" line."""
+    try:
+        return reidentify(wait="--wait" in argv)
+    except Exception as exc:
+        say(f"error: taking the new identity failed: {exc}")
+        emit("error", {"message": str(exc)})
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(reidentify_main(sys.argv[1:]) if "--reidentify" in sys.argv[1:] else main())

@@ -151,6 +151,16 @@ def _check_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def _check_idle(text: str) -> int:
+    from ussycode.errors import InvalidInput
+    from ussycode.vm.idle import parse_idle
+
+    try:
+        return parse_idle(text, what="value")
+    except InvalidInput as exc:
+        raise ValueError(exc.message.partition(": ")[2]) from exc
+
+
 def _check_level(text: str) -> str:
     upper = text.upper()
     if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -337,6 +347,13 @@ SETTINGS: tuple[Setting, ...] = (
         _check_positive_int,
     ),
     Setting(
+        "idle_timeout",
+        "30m",
+        "time without SSH sessions, HTTPS requests and CPU use after which a VM is suspended,"
+        ' such as 30m or 2h, or "never"; new --idle and resize --idle set it per VM',
+        _check_idle,
+    ),
+    Setting(
         "admin_addr",
         "127.0.0.1:9091",
         "listen address of the admin panel (also served at https://<domain>/admin/), HOST:PORT or :PORT",
@@ -396,6 +413,7 @@ class Config:
     tier_admin: str = "vms=100,cpus=8,memory=16G,disk=2T,running=50"
     auth_failures: int = 10
     admin_addr: tuple[str, int] = ("127.0.0.1", 9091)
+    idle_timeout: int = 1800
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

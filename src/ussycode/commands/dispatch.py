@@ -9,7 +9,20 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ussycode.commands import account, admin, browser, docs, edit, keys, observe, share, ssh, tutorial, vm
+from ussycode.commands import (
+    account,
+    admin,
+    browser,
+    docs,
+    edit,
+    keys,
+    observe,
+    share,
+    ssh,
+    suspend,
+    tutorial,
+    vm,
+)
 from ussycode.commands.base import Command, CommandContext
 from ussycode.errors import (
     Conflict,
@@ -28,6 +41,7 @@ REGISTRY: dict[str, Command] = {
     command.name: command
     for command in [
         *vm.COMMANDS,
+        *suspend.COMMANDS,
         *edit.COMMANDS,
         *observe.COMMANDS,
         *ssh.COMMANDS,

@@ -705,8 +705,8 @@ class VMManager:
             except (UssycodeError, OSError) as exc:
                 return await self._boot_after_failed_restore(vm, progress, exc)
             self.suspend_store.set_state_bytes(vm.id, 0)
-            await self._wait_ready(vm, spec, progress, started_at)
-            await self._set_guest_clock(vm)
+            progress("setting the guest's clock")
+            await self._set_guest_clock(vm, spec, started_at)
             vm = await self._set_state(vm, VMState.RUNNING)
         except (UssycodeError, asyncio.CancelledError):
             await self._halt(self.store.get_vm(vm.id))
@@ -730,20 +730,36 @@ class VMManager:
         self.suspend_store.set_state_bytes(vm.id, 0)
         return await self._boot(vm, progress)
 
-    async def _set_guest_clock(self, vm: VM) -> None:
-        """Set the guest's clock to the host's after a resume; the guest's clock stopped while
-        it was suspended. Best effort: a failure is logged."""
-        try:
-            conn = await self.connect_guest(vm, timeout=10.0)
-            async with conn:
-                # The time is taken once the connection is up, so it is off by one command's latency.
-                command = f"sudo -n date -u -s @{time.time():.3f} >/dev/null"
-                result = await asyncio.wait_for(conn.run(command, check=False), GUEST_COMMAND_TIMEOUT)
-        except (RuntimeFailure, OSError, asyncssh.Error, TimeoutError) as exc:
-            log.warning("vm=%s setting the guest clock after resume failed: %s", vm.name, exc)
-            return
-        if result.exit_status != 0:
-            log.warning("vm=%s setting the guest clock exited with %s", vm.name, result.exit_status)
+    async def _set_guest_clock(self, vm: VM, spec: VMSpec, started_at: float) -> None:
+        """Set the guest's clock to the host's once its sshd answers after a resume; the clock
+        stood still while the VM was suspended. This is also the readiness check of a resume.
+
+        :raise RuntimeFailure: the hypervisor exited, or the guest did not answer within the
+            boot timeout.
+        """
+        deadline = started_at + self.config.boot_timeout
+        while True:
+            if self.runtime.pid(spec) is None:
+                raise RuntimeFailure(f'vm "{vm.name}" exited right after it was resumed')
+            try:
+                conn = await self.connect_guest(vm, timeout=15.0)
+                async with conn:
+                    # The time is taken once the connection is up, so it is late by the
+                    # latency of one command.
+                    command = f"sudo -n date -u -s @{time.time():.3f} >/dev/null"
+                    result = await asyncio.wait_for(conn.run(command, check=False), GUEST_COMMAND_TIMEOUT)
+            except (RuntimeFailure, OSError, asyncssh.Error, TimeoutError) as exc:
+                log.debug("vm=%s not answering after resume yet: %s", vm.name, exc)
+            else:
+                if result.exit_status != 0:
+                    log.warning("vm=%s setting the guest clock exited with %s", vm.name, result.exit_status)
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeFailure(
+                    f'vm "{vm.name}" did not answer on SSH within {self.config.boot_timeout:g} s'
+                    f' after it was resumed: run "vm-logs {vm.name}" to see its console'
+                )
+            await asyncio.sleep(READY_POLL_SECONDS)
 
     def _discard_saved_state(self, vm: VM) -> None:
         """Delete a suspended VM's saved state, as `stop` does: its memory is lost, its disk kept."""

@@ -418,7 +418,7 @@ class QemuRuntime:
         socket = run_dir / QMP_SOCKET
         partial = run_dir / STATE_PARTIAL
         partial.unlink(missing_ok=True)
-        argv = _process_argv(pid)
+        argv = _without_option(_process_argv(pid), "-incoming")
 
         await qmp_execute(socket, "stop")
         try:
@@ -519,6 +519,10 @@ class QemuRuntime:
             if status.get("status") == "running":
                 log.info("vm=%s restored, qemu pid=%d", spec.name, pid)
                 return pid
+            if status.get("status") == "paused":
+                # The state was saved from a paused guest, and QEMU keeps the run state it loads.
+                await qmp_execute(spec.run_dir.absolute() / QMP_SOCKET, "cont")
+                continue
             if loop.time() >= deadline:
                 self._kill_leftover(spec)
                 raise RuntimeFailure(
@@ -599,6 +603,20 @@ def _process_argv(pid: int) -> list[str]:
     except OSError as exc:
         raise RuntimeFailure(f"cannot read the command line of pid {pid}: {exc}") from exc
     return [os.fsdecode(arg) for arg in raw.split(b"\0") if arg]
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """Return `argv` without `option` and its value, such as the -incoming of a restored QEMU."""
+    result: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        else:
+            result.append(arg)
+    return result
 
 
 def _replace_options(argv: list[str], source: list[str], options: tuple[str, ...]) -> list[str]:

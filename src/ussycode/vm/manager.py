@@ -705,9 +705,10 @@ class VMManager:
             except (UssycodeError, OSError) as exc:
                 return await self._boot_after_failed_restore(vm, progress, exc)
             self.suspend_store.set_state_bytes(vm.id, 0)
-            progress("setting the guest's clock")
-            await self._set_guest_clock(vm, spec, started_at)
             vm = await self._set_state(vm, VMState.RUNNING)
+            # The guest runs from here on, so a waiting request or login can go ahead while its
+            # clock is set in the background.
+            self._spawn(self._set_guest_clock(vm, spec, started_at))
         except (UssycodeError, asyncio.CancelledError):
             await self._halt(self.store.get_vm(vm.id))
             raise
@@ -732,15 +733,12 @@ class VMManager:
 
     async def _set_guest_clock(self, vm: VM, spec: VMSpec, started_at: float) -> None:
         """Set the guest's clock to the host's once its sshd answers after a resume; the clock
-        stood still while the VM was suspended. This is also the readiness check of a resume.
-
-        :raise RuntimeFailure: the hypervisor exited, or the guest did not answer within the
-            boot timeout.
-        """
+        stood still while the VM was suspended. Failures are logged."""
         deadline = started_at + self.config.boot_timeout
         while True:
             if self.runtime.pid(spec) is None:
-                raise RuntimeFailure(f'vm "{vm.name}" exited right after it was resumed')
+                log.warning("vm=%s exited before its clock was set after the resume", vm.name)
+                return
             try:
                 conn = await self.connect_guest(vm, timeout=15.0)
                 async with conn:
@@ -755,10 +753,12 @@ class VMManager:
                     log.warning("vm=%s setting the guest clock exited with %s", vm.name, result.exit_status)
                 return
             if time.monotonic() >= deadline:
-                raise RuntimeFailure(
-                    f'vm "{vm.name}" did not answer on SSH within {self.config.boot_timeout:g} s'
-                    f' after it was resumed: run "vm-logs {vm.name}" to see its console'
+                log.warning(
+                    "vm=%s did not answer on SSH within %g s after the resume; its clock is behind",
+                    vm.name,
+                    self.config.boot_timeout,
                 )
+                return
             await asyncio.sleep(READY_POLL_SECONDS)
 
     def _discard_saved_state(self, vm: VM) -> None:

@@ -719,7 +719,7 @@ class VMManager:
         return vm
 
     async def _boot_after_failed_restore(self, vm: VM, progress: Progress, exc: Exception) -> VM:
-        """Boot `vm` from its disk after its saved state failed to load; say so in its events."""
+        """Boot `vm` from its disk after its saved state failed to load, and record that in its events."""
         spec = self.spec(vm)
         log.warning("vm=%s restoring the saved state failed, booting from disk: %s", vm.name, exc)
         detail = f"saved state not restored ({exc}); booted from disk, processes were lost"
@@ -732,8 +732,8 @@ class VMManager:
         return await self._boot(vm, progress)
 
     async def _set_guest_clock(self, vm: VM, spec: VMSpec, started_at: float) -> None:
-        """Set the guest's clock to the host's once its sshd answers after a resume; the clock
-        stood still while the VM was suspended. Failures are logged."""
+        """Set the guest's clock to the host's once its sshd accepts a login after a resume,
+        because the clock stood still while the VM was suspended. Failures are logged."""
         deadline = started_at + self.config.boot_timeout
         while True:
             if self.runtime.pid(spec) is None:
@@ -747,14 +747,14 @@ class VMManager:
                     command = f"sudo -n date -u -s @{time.time():.3f} >/dev/null"
                     result = await asyncio.wait_for(conn.run(command, check=False), GUEST_COMMAND_TIMEOUT)
             except (RuntimeFailure, OSError, asyncssh.Error, TimeoutError) as exc:
-                log.debug("vm=%s not answering after resume yet: %s", vm.name, exc)
+                log.debug("vm=%s not responding on SSH after the resume yet: %s", vm.name, exc)
             else:
                 if result.exit_status != 0:
                     log.warning("vm=%s setting the guest clock exited with %s", vm.name, result.exit_status)
                 return
             if time.monotonic() >= deadline:
                 log.warning(
-                    "vm=%s did not answer on SSH within %g s after the resume; its clock is behind",
+                    "vm=%s did not respond on SSH within %g s after the resume; its clock is behind",
                     vm.name,
                     self.config.boot_timeout,
                 )

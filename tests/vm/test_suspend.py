@@ -43,7 +43,12 @@ class Stack:
         return json.loads(self.run(command + " --json"))
 
     def guest(self, command: str) -> str:
-        result = self.platform.ssh(self.user, command, login=VM, timeout=180)
+        # A guest under TCG on a loaded host can miss the gateway's 10 s login timeout, which
+        # the gateway reports as "not reachable right now"; such attempts are retried.
+        for _ in range(3):
+            result = self.platform.ssh(self.user, command, login=VM, timeout=180)
+            if "not reachable right now" not in result.stderr:
+                break
         assert result.status == 0, f"{command} in the guest: {result.stderr}"
         return result.stdout.strip()
 

@@ -742,10 +742,7 @@ class VMManager:
             try:
                 conn = await self.connect_guest(vm, timeout=15.0)
                 async with conn:
-                    # The time is taken once the connection is up, so it is late by the
-                    # latency of one command.
-                    command = f"sudo -n date -u -s @{time.time():.3f} >/dev/null"
-                    result = await asyncio.wait_for(conn.run(command, check=False), GUEST_COMMAND_TIMEOUT)
+                    result = await asyncio.wait_for(_send_host_time(conn), GUEST_COMMAND_TIMEOUT)
             except (RuntimeFailure, OSError, asyncssh.Error, TimeoutError) as exc:
                 log.debug("vm=%s not responding on SSH after the resume yet: %s", vm.name, exc)
             else:
@@ -1074,6 +1071,23 @@ async def _uncancellable(coroutine: Coroutine[Any, Any, T]) -> T:
         with contextlib.suppress(Exception):
             await task
         raise
+
+
+# Prints a line once sudo has started and then sets the clock to the time read from stdin, so
+# the host sends its time only when the guest is ready to use it.
+_SET_CLOCK_COMMAND = """sudo -n sh -c 'echo ready; read t; date -u -s "@$t" >/dev/null'"""
+
+
+async def _send_host_time(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHCompletedProcess:
+    """Set the guest's clock to the host's time over `conn`; late by one round trip at most."""
+    process = await conn.create_process(_SET_CLOCK_COMMAND)
+    try:
+        await process.stdout.readline()
+        process.stdin.write(f"{time.time():.3f}\n")
+        process.stdin.write_eof()
+        return await process.wait(check=False)
+    finally:
+        process.close()
 
 
 def _set_hostname_command(name: str) -> str:

@@ -14,6 +14,7 @@ from tests.conftest import require_root
 from tests.framework.platform import Platform
 from ussycode import config
 from ussycode.errors import ConfigError, Conflict, InvalidInput
+from ussycode.vm import qemu
 from ussycode.vm.idle import format_idle, host_connected_ips, parse_idle
 from ussycode.vm.state import VMState, check_transition
 
@@ -128,3 +129,23 @@ def test_suspend_commands_bad_input(platform: Platform) -> None:
         assert fragment in result.stderr, f"{command}: {result.stderr}"
     assert json.loads(platform.ssh(alice, "ls --json").stdout) == []
     assert platform.ssh(alice, "whoami").status == 0
+
+
+def test_saved_argv_options_replaced() -> None:
+    saved = ["qemu", "-name", "ussycode-vm-1,process=ussy-old", "-drive", "file=/d/old.qcow2,if=none"]
+    saved += ["-incoming", "exec:cat /run/state.qemu.loading", "-daemonize"]
+    current = ["qemu", "-name", "ussycode-vm-1,process=ussy-new", "-drive", "file=/d/new.qcow2,if=none"]
+
+    without = qemu._without_option(saved, "-incoming")
+    assert "-incoming" not in without
+    assert without[-1] == "-daemonize"
+
+    replaced = qemu._replace_options(without, current, ("-drive", "-name"))
+    assert replaced == [
+        "qemu",
+        "-name",
+        "ussycode-vm-1,process=ussy-new",
+        "-drive",
+        "file=/d/new.qcow2,if=none",
+        "-daemonize",
+    ]

@@ -45,7 +45,7 @@ class Stack:
     def guest(self, command: str) -> str:
         # A guest under TCG on a loaded host can miss the gateway's 10 s login timeout, which
         # the gateway reports as "not reachable right now"; such attempts are retried.
-        for _ in range(3):
+        for _ in range(8):
             result = self.platform.ssh(self.user, command, login=VM, timeout=180)
             if "not reachable right now" not in result.stderr:
                 break

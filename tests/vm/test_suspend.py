@@ -20,13 +20,17 @@ pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
 VM = "nap-owl"
 COUNTER = (
-    "setsid -f sh -c 'echo $$ > /tmp/counter.pid; i=0;"
-    " while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 1; done' >/dev/null 2>&1 < /dev/null"
+    "setsid -f sh -c 'echo $$ > ~/counter.pid; i=0;"
+    " while true; do i=$((i+1)); echo $i > ~/counter; sleep 1; done' >/dev/null 2>&1 < /dev/null"
 )
 APP = (
     "mkdir -p /tmp/site && echo napping-owl-page > /tmp/site/index.html &&"
     " setsid -f python3 -m http.server 8080 --directory /tmp/site >/dev/null 2>&1 < /dev/null"
 )
+
+# The guest files live in the home directory, because /tmp is a tmpfs that the guest may
+# mount over files written early in its boot.
+ALIVE = "kill -0 $(cat ~/counter.pid) 2>/dev/null && echo alive || echo gone"
 
 
 class Stack:
@@ -83,8 +87,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def counter(stack: Stack) -> tuple[str, int]:
-    pid = stack.guest("cat /tmp/counter.pid")
-    return pid, int(stack.guest("cat /tmp/counter"))
+    pid = stack.guest("cat ~/counter.pid")
+    return pid, int(stack.guest("cat ~/counter"))
 
 
 def test_suspend_resume_keeps_processes(stack: Stack) -> None:
@@ -112,6 +116,7 @@ def test_suspend_resume_keeps_processes(stack: Stack) -> None:
     after_pid, after = counter(stack)
     assert after_pid == pid
     assert after >= before
+    assert stack.guest(ALIVE) == "alive"
     wait_until(lambda: counter(stack)[1] > after, 30, "the counter to go on counting")
 
     def clock_set() -> bool:
@@ -183,7 +188,7 @@ def test_damaged_state_boots_from_disk(stack: Stack) -> None:
     resumed = stack.json(f"resume {VM}")
     assert resumed["state"] == "running"
     assert stack.guest("cat ~/synced.txt") == "kept-across-damage"
-    assert stack.guest("test -e /tmp/counter.pid && echo yes || echo no") == "no"
+    assert stack.guest(ALIVE) == "gone"
     events = stack.json(f"vm-logs {VM}")["events"]
     assert any(event["kind"] == "resume_failed" for event in events)
 

@@ -30,7 +30,8 @@ APP = (
 
 # The guest files live in the home directory, because /tmp is a tmpfs that the guest may
 # mount over files written early in its boot.
-ALIVE = "kill -0 $(cat ~/counter.pid) 2>/dev/null && echo alive || echo gone"
+# The command line is checked too, because a cold boot may give the counter's PID to another process.
+ALIVE = "grep -qs counter /proc/$(cat ~/counter.pid)/cmdline && echo alive || echo gone"
 
 
 class Stack:

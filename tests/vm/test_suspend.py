@@ -150,7 +150,8 @@ def test_ssh_login_wakes(stack: Stack) -> None:
     pid, _ = counter(stack)
     assert stack.state() == "running"
     assert Path(f"/proc/{stack.platform.vm_pids()[0]}").exists()
-    assert pid == stack.guest("cat /tmp/counter.pid")
+    assert pid == stack.guest("cat ~/counter.pid")
+    assert stack.guest(ALIVE) == "alive"
 
 
 def test_restart_between_suspend_and_resume(stack: Stack) -> None:

@@ -24,8 +24,8 @@ COUNTER = (
     " while true; do i=$((i+1)); echo $i > ~/counter; sleep 1; done' >/dev/null 2>&1 < /dev/null"
 )
 APP = (
-    "mkdir -p /tmp/site && echo napping-owl-page > /tmp/site/index.html &&"
-    " setsid -f python3 -m http.server 8080 --directory /tmp/site >/dev/null 2>&1 < /dev/null"
+    "mkdir -p ~/site && echo napping-owl-page > ~/site/index.html &&"
+    " setsid -f python3 -m http.server 8080 --directory ~/site >/dev/null 2>&1 < /dev/null"
 )
 
 # The guest files live in the home directory, because /tmp is a tmpfs that the guest may

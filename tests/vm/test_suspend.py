@@ -169,7 +169,7 @@ def test_restart_between_suspend_and_resume(stack: Stack) -> None:
 def test_https_request_wakes(stack: Stack) -> None:
     stack.run(f"share set-public {VM}")
     url = f"https://{VM}.{stack.platform.domain}/"
-    assert stack.platform.curl(url).status == 200
+    wait_until(lambda: stack.platform.curl(url).status == 200, 60, "the app in the VM to serve its page")
     stack.run(f"suspend {VM}")
     response = stack.platform.curl(url, timeout=90)
     assert response.status == 200, response.stdout

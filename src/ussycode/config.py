@@ -189,6 +189,16 @@ def _check_endpoint_keys(text: str) -> tuple[tuple[str, str], ...]:
     return _parse_name_pairs(text, "KEY")
 
 
+def _check_idle(text: str) -> int:
+    from ussycode.errors import InvalidInput
+    from ussycode.vm.idle import parse_idle
+
+    try:
+        return parse_idle(text, what="value")
+    except InvalidInput as exc:
+        raise ValueError(exc.message.partition(": ")[2]) from exc
+
+
 def _check_level(text: str) -> str:
     upper = text.upper()
     if upper not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -375,6 +385,13 @@ SETTINGS: tuple[Setting, ...] = (
         _check_positive_int,
     ),
     Setting(
+        "idle_timeout",
+        "30m",
+        "time without SSH sessions, HTTPS requests and CPU use after which a VM is suspended,"
+        ' such as 30m or 2h, or "never"; new --idle and resize --idle set it per VM',
+        _check_idle,
+    ),
+    Setting(
         "admin_addr",
         "127.0.0.1:9091",
         "listen address of the admin panel (also served at https://<domain>/admin/), HOST:PORT or :PORT",
@@ -531,6 +548,7 @@ class Config:
     pool_size: int = 1
     pool_max: int = 3
     memory_reserve: int = 1024**3
+    idle_timeout: int = 1800
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
     @property

@@ -15,13 +15,17 @@ from ussycode.auth.tiers import LIMIT_KEYS, LimitKey, Limits, Tier, apply_overri
 from ussycode.config import Config
 from ussycode.errors import PermissionDenied, QuotaExceeded
 from ussycode.store import VM, Store, User
+from ussycode.store.suspend import SuspendStore
 from ussycode.store.trust import TrustStore
 from ussycode.vm.state import VMState
 
 log = logging.getLogger(__name__)
 
-# States in which a VM holds its vCPUs and memory.
-ACTIVE_STATES = frozenset({VMState.STARTING, VMState.RUNNING, VMState.STOPPING})
+# States in which a VM holds its vCPUs and memory. A suspended VM keeps its place among the
+# running VMs, so that waking it never fails on the running limit.
+ACTIVE_STATES = frozenset(
+    {VMState.STARTING, VMState.RUNNING, VMState.STOPPING, VMState.SUSPENDING, VMState.SUSPENDED}
+)
 
 
 @dataclass(frozen=True)
@@ -73,11 +77,15 @@ def standing(store: Store, config: Config, user: User) -> Standing:
 
 
 def usage(store: Store, owner_id: int, *, excluding: int | None = None) -> Usage:
-    """Return what the owner's VMs take, leaving out the VM with id `excluding`."""
+    """Return what the owner's VMs take, leaving out the VM with id `excluding`.
+
+    Disk use is the size of each disk plus the saved state of each suspended VM.
+    """
     vms = [vm for vm in store.list_vms(owner_id=owner_id) if vm.id != excluding]
+    saved_states = SuspendStore(store).state_bytes_of_owner(owner_id, excluding=excluding)
     return Usage(
         vms=len(vms),
-        disk_bytes=sum(vm.disk_bytes for vm in vms),
+        disk_bytes=sum(vm.disk_bytes for vm in vms) + saved_states,
         running=sum(1 for vm in vms if vm.state in ACTIVE_STATES),
     )
 

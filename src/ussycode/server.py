@@ -140,6 +140,7 @@ async def serve(config: Config) -> None:
         admin_panel=admin_panel,
         denied=denied,
     )
+    api.forward_auth.on_allow = manager.request_allowed
     gateway = Gateway(services, host_key)
 
     stop_event = asyncio.Event()

@@ -73,7 +73,11 @@ ERRORS = [
         '--setup-script "setup.sh": the server cannot read files on your machine; send the script on stdin:'
         " ssh -p 2224 localhost new --setup-script - < setup.sh",
     ),
-    ("resize nope", "invalid_input", 'resize needs --cpu, --memory or --disk: "resize nope --disk 20G"'),
+    (
+        "resize nope",
+        "invalid_input",
+        'resize needs --cpu, --memory, --disk or --idle: "resize nope --disk 20G"',
+    ),
     ("resize nope --disk 20X", "invalid_input", f'invalid --disk "20X": {SIZE_HINT}'),
     (
         "cp nope --copy-tags=maybe",

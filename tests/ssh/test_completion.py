@@ -16,7 +16,7 @@ SOURCES = {"VM": lambda: VMS, "COMMAND": lambda: list(REGISTRY), "TOPIC": lambda
     ("text", "start", "candidates"),
     [
         ("", 0, sorted(REGISTRY)),
-        ("res", 0, ["resize", "restart"]),
+        ("res", 0, ["resize", "restart", "resume"]),
         ("vm-", 0, ["vm-logs"]),
         ("zzz", 0, []),
         ("start ", 6, VMS[:0] + sorted(VMS)),
@@ -40,6 +40,7 @@ SOURCES = {"VM": lambda: VMS, "COMMAND": lambda: list(REGISTRY), "TOPIC": lambda
                     "--setup-script",
                     "--tag",
                     "--comment",
+                    "--idle",
                 ]
             ),
         ),

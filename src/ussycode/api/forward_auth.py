@@ -8,6 +8,7 @@ login page for a browser, 401 for another client, 403 for a visitor without acce
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -28,6 +29,12 @@ EMAIL_HEADER = "X-Ussycode-Email"
 TOKEN_CTX_HEADER = "X-Ussycode-Token-Ctx"
 # Tells Caddy to drop the request's Authorization header, which carried the platform's token.
 STRIP_AUTHORIZATION_HEADER = "X-Ussycode-Strip-Authorization"
+# Seconds a client may wait after a 503 for a VM that did not resume in time.
+WAKE_RETRY_AFTER = 30
+
+# Called with the VM's name when a request to it is allowed, before it passes; returns None when
+# the VM can take the request, or a message saying why it cannot (such as a failed resume).
+AllowHook = Callable[[str], Awaitable[str | None]]
 
 
 def client_address(request: web.Request) -> str:
@@ -59,6 +66,7 @@ class ForwardAuth:
         self.store = store
         self.denied = denied
         self.cache = cache or DecisionCache(store)
+        self.on_allow: AllowHook | None = None
 
     async def handle(self, request: web.Request) -> web.Response:
         key = self.cache.key(request.host, request.headers.items())
@@ -68,6 +76,12 @@ class ForwardAuth:
             decision = decide(self.store, self.config, request.host, request.headers, cookies)
             self.cache.put(key, decision)
         if decision.verdict is Verdict.ALLOW:
+            if self.on_allow is not None and decision.vm_name is not None:
+                problem = await self.on_allow(decision.vm_name)
+                if problem is not None:
+                    response = error_response(request, 503, "unavailable", problem)
+                    response.headers["Retry-After"] = str(WAKE_RETRY_AFTER)
+                    return response
             return self._allow(decision)
 
         host = strip_port(request.host)

@@ -20,6 +20,7 @@ from ussycode.commands import (
     observe,
     share,
     ssh,
+    suspend,
     tutorial,
     vm,
 )
@@ -41,6 +42,7 @@ REGISTRY: dict[str, Command] = {
     command.name: command
     for command in [
         *vm.COMMANDS,
+        *suspend.COMMANDS,
         *edit.COMMANDS,
         *observe.COMMANDS,
         *ssh.COMMANDS,

@@ -11,6 +11,7 @@ from ussycode.config import format_size
 from ussycode.errors import InvalidInput, NotFound
 from ussycode.names import check_vm_name
 from ussycode.vm import attributes, resources
+from ussycode.vm.idle import format_idle, parse_idle
 
 _TRUE = ("true", "yes", "1", "on")
 _FALSE = ("false", "no", "0", "off")
@@ -136,25 +137,41 @@ def _resize_arguments(parser: ArgumentParser) -> None:
         metavar="SIZE",
         help="disk size, e.g. 20G; GiB if no unit; only grows, at once, with the root filesystem",
     )
+    parser.add_argument(
+        "--idle",
+        metavar="DURATION|never",
+        help='suspend the VM after this long unused, e.g. 30m or 2h; "never" turns it off, "default"'
+        " restores the server's setting",
+    )
 
 
 async def resize(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     config = ctx.services.config
     manager = ctx.services.manager
-    if args.cpu is None and args.memory is None and args.disk is None:
-        raise InvalidInput(f'resize needs --cpu, --memory or --disk: "resize {args.name} --disk 20G"')
+    if args.cpu is None and args.memory is None and args.disk is None and args.idle is None:
+        raise InvalidInput(f'resize needs --cpu, --memory, --disk or --idle: "resize {args.name} --disk 20G"')
     cpus = resources.parse_cpus(args.cpu, config) if args.cpu is not None else None
     memory_mb = resources.parse_memory_mb(args.memory, config) if args.memory is not None else None
     disk = resources.parse_disk(args.disk, config) if args.disk is not None else None
+    idle = None
+    if args.idle is not None and args.idle.strip().lower() != "default":
+        idle = parse_idle(args.idle)
     vm = manager.get_owned(ctx.user, args.name)
     before = vm
+    lines = []
+    if args.idle is not None:
+        manager.suspend_store.set_idle_seconds(vm.id, idle)
+        lines.append(f"idle:    suspends after {format_idle(manager.idle_timeout(vm))} unused")
+    if cpus is None and memory_mb is None and disk is None:
+        data = describe_vm(ctx, vm)
+        data["restart_needed"] = False
+        return CommandResult(data, "\n".join(lines))
     result = await manager.resize(
         vm, cpus=cpus, memory_mb=memory_mb, disk_bytes=disk, progress=ctx.terminal.progress
     )
 
     style = Style.of(ctx)
     vm = result.vm
-    lines = []
     if disk is not None and disk != before.disk_bytes:
         line = f"disk:    {format_size(before.disk_bytes)} → {format_size(vm.disk_bytes)}"
         if result.filesystem_grown is True:

@@ -27,7 +27,14 @@ _CODES = {
     "blue": "34",
     "cyan": "36",
 }
-_STATE_COLORS = {"running": "green", "starting": "yellow", "stopping": "yellow", "stopped": "dim"}
+_STATE_COLORS = {
+    "running": "green",
+    "starting": "yellow",
+    "stopping": "yellow",
+    "stopped": "dim",
+    "suspending": "yellow",
+    "suspended": "cyan",
+}
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
 ELLIPSIS = "…"
 MIN_SHRUNK_WIDTH = 8

@@ -51,6 +51,7 @@ async def ssh(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     if not args.command and not attach:
         login = ctx.services.config.ssh_command(vm.name)
         raise InvalidInput(f'ssh needs a command here; for an interactive shell run "{login}"')
+    vm = await manager.wake(vm, reason=f"ssh command by {ctx.user.handle}")
     if vm.state != VMState.RUNNING:
         raise Conflict(f'vm "{vm.name}" is {vm.state}: run "start {vm.name}" first')
     command = None

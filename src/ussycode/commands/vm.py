@@ -17,6 +17,7 @@ from ussycode.names import check_vm_name
 from ussycode.store import VM
 from ussycode.store.vm_details import VMDetails
 from ussycode.vm import attributes, resources
+from ussycode.vm.idle import format_idle, parse_idle
 from ussycode.vm.manager import NewVMOptions
 from ussycode.vm.state import VMState
 
@@ -53,6 +54,11 @@ def _new_arguments(parser: ArgumentParser) -> None:
         "--tag", metavar="TAG", action="append", default=[], help="tag, repeatable or comma-separated"
     )
     parser.add_argument("--comment", metavar="TEXT", default="", help="a note about the VM, up to 200 bytes")
+    parser.add_argument(
+        "--idle",
+        metavar="DURATION|never",
+        help='suspend the VM after this long unused, e.g. 30m or 2h, or "never" (default: the server\'s)',
+    )
 
 
 async def read_setup_script(ctx: CommandContext, value: str | None) -> str | None:
@@ -97,6 +103,7 @@ async def new(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
         env=attributes.parse_env(args.env),
         tags=attributes.parse_tags(args.tag),
         comment=attributes.check_comment(args.comment),
+        idle_seconds=parse_idle(args.idle) if args.idle is not None else None,
     )
     attributes.check_tag_count(options.tags, args.name or "new")
     script = await read_setup_script(ctx, args.setup_script)
@@ -147,6 +154,7 @@ def describe_vm(ctx: CommandContext, vm: VM, details: VMDetails | None = None) -
         uptime_seconds=None if uptime is None else int(uptime),
         copied_from=details.copied_from,
         setup_script=None if details.setup_script is None else details.setup_status or "pending",
+        idle_timeout=format_idle(ctx.services.manager.idle_timeout(vm)),
     )
     return data
 

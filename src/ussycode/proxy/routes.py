@@ -21,10 +21,14 @@ class CaddyRoutes:
     def route(self, vm: VM) -> VMRoute:
         settings = Sharing(self.store).settings(vm.id)
         upstream = f"{vm.ip}:{settings.port}" if vm.state == VMState.RUNNING else None
+        public = settings.public
+        if vm.state in (VMState.SUSPENDED, VMState.SUSPENDING):
+            # Every request then passes the auth endpoint, which resumes the VM before it
+            # answers, so the request reaches the app once the VM runs again.
+            upstream = f"{vm.ip}:{settings.port}"
+            public = False
         start = f"{self.config.ssh_command()} start {vm.name}"
-        return VMRoute(
-            name=vm.name, upstream=upstream, state=vm.state, start_command=start, public=settings.public
-        )
+        return VMRoute(name=vm.name, upstream=upstream, state=vm.state, start_command=start, public=public)
 
     async def vm_changed(self, vm: VM) -> None:
         """Replace the VM's route; also called after `share` changes its visibility or port."""

@@ -145,6 +145,7 @@ class GatewayConnection(asyncssh.SSHServer):
         manager = self.services.manager
         assert self.user is not None
         vm = vm_for_ssh(self.services.store, self.user, self.username)
+        vm = await manager.wake(vm, reason=f"ssh login by {self.user.handle}")
         if vm.state != VMState.RUNNING:
             command = self.services.config.ssh_command()
             hint = (

@@ -27,8 +27,10 @@ from ussycode.config import Config, format_size
 from ussycode.errors import Conflict, InvalidInput, NotFound, RuntimeFailure, UssycodeError
 from ussycode.names import check_vm_name, generate_name
 from ussycode.store import VM, Store, User
+from ussycode.store.suspend import SuspendStore
 from ussycode.store.vm_details import VMDetailsStore
 from ussycode.vm import disks, snapshots
+from ussycode.vm.idle import IdleMonitor
 from ussycode.vm.image import ImageManifest, find_image
 from ussycode.vm.network import Network
 from ussycode.vm.pool import POOL_HANDLE, WarmPool
@@ -48,6 +50,8 @@ GUEST_COMMAND_TIMEOUT = 30.0
 SSHD_RESTART_SECONDS = 15.0
 # Pool VMs boot at this niceness, so that users' VMs and requests get the CPU first.
 POOL_NICENESS = 10
+# Seconds a request to a suspended VM's URL waits for the VM to resume.
+WAKE_TIMEOUT = 60.0
 
 T = TypeVar("T")
 
@@ -75,6 +79,7 @@ class NewVMOptions:
     setup_script: str | None = None
     tags: tuple[str, ...] = ()
     comment: str = ""
+    idle_seconds: int | None = None  # 0: never suspend when idle
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,9 @@ class VMManager:
         self._spare_connections: dict[int, asyncssh.SSHClientConnection] = {}
         # Monotonic times until which a VM's sshd may refuse connections while it restarts.
         self._sshd_restarts: dict[int, float] = {}
+        self.suspend_store = SuspendStore(store)
+        self.idle = IdleMonitor(self)
+        self._wakes: dict[int, asyncio.Task[VM]] = {}
 
     # Paths and specs.
 
@@ -235,6 +243,8 @@ class VMManager:
                 owner, name=name, image=image_name, disk_bytes=disk_bytes, options=options, progress=progress
             )
             if pooled is not None:
+                if options.idle_seconds is not None:
+                    self.suspend_store.set_idle_seconds(pooled.id, options.idle_seconds)
                 return pooled
         async with self._create_lock:
             # A taken name is the more specific error, so it is reported before any limit.
@@ -271,6 +281,8 @@ class VMManager:
                 env=options.env,
                 setup_script=options.setup_script,
             )
+            if options.idle_seconds is not None:
+                self.suspend_store.set_idle_seconds(vm.id, options.idle_seconds)
         self.store.add_event(vm.id, vm.name, owner.id, "created", f"image={image_name} ip={ip}")
         log.info("vm=%s user=%s created ip=%s image=%s", vm.name, owner.handle, ip, image_name)
         async with self._lock(vm):
@@ -301,6 +313,8 @@ class VMManager:
             if vm.state == VMState.RUNNING:
                 raise Conflict(f'vm "{vm.name}" is already running')
             check_transition(vm.name, vm.state, VMState.STARTING)
+            if vm.state == VMState.SUSPENDED:
+                return await self._resume_locked(vm, progress)
             self._check_start(vm)
             try:
                 return await self._boot(vm, progress)
@@ -503,6 +517,10 @@ class VMManager:
                 )
             if vm.state in (VMState.STARTING, VMState.STOPPING):
                 raise Conflict(f'vm "{vm.name}" is {vm.state}: wait until it is running or stopped')
+            if vm.state == VMState.SUSPENDED:
+                # The saved memory belongs to the old disk size and memory size, so the VM
+                # is resumed and then resized like a running one.
+                vm = await self._resume_locked(vm, progress)
             details = self.details.get(vm.id)
             current_cpus = details.pending_cpus or vm.cpus
             current_memory = details.pending_memory_mb or vm.memory_mb
@@ -563,6 +581,235 @@ class VMManager:
             return False
         return True
 
+    # Suspend and resume.
+
+    def idle_timeout(self, vm: VM) -> float | None:
+        """Return the seconds without use after which `vm` is suspended, or None for never."""
+        own = self.suspend_store.idle_seconds(vm.id)
+        seconds = self.config.idle_timeout if own is None else own
+        return float(seconds) if seconds > 0 else None
+
+    def owned_by_user(self, vm: VM) -> bool:
+        """Return whether a user owns `vm`; only such VMs are suspended when idle.
+
+        Warm pool VMs belong to the pool's own user and are never suspended.
+        """
+        if self.is_pooled(vm):
+            return False
+        try:
+            self.store.get_user(vm.owner_id)
+        except NotFound:
+            return False
+        return True
+
+    async def suspend(
+        self, vm: VM, progress: Progress = _no_progress, *, reason: str = "suspend command"
+    ) -> VM:
+        """Save the running VM's memory and device state next to its disk and end its hypervisor.
+
+        :raise Conflict: the VM is not running.
+        :raise RuntimeFailure: saving failed; the VM runs on.
+        """
+        async with self._lock(vm):
+            vm = self.store.get_vm(vm.id)
+            if vm.state == VMState.SUSPENDED:
+                raise Conflict(f'vm "{vm.name}" is already suspended')
+            check_transition(vm.name, vm.state, VMState.SUSPENDING)
+            return await self._suspend_locked(vm, progress, reason)
+
+    async def _suspend_locked(self, vm: VM, progress: Progress, reason: str) -> VM:
+        spec = self.spec(vm)
+        if self.runtime.pid(spec) is None:
+            raise Conflict(f'vm "{vm.name}" has no running hypervisor: run "start {vm.name}" first')
+        started_at = time.monotonic()
+        # Files synced now survive even a state file that later fails to load.
+        progress("flushing the guest's file systems")
+        await self._guest_run(vm, "sync", check=False)
+        vm = await self._set_state(vm, VMState.SUSPENDING)
+        progress("saving memory and device state")
+        try:
+            size = await _uncancellable(self.runtime.save_state(spec))
+        except (UssycodeError, OSError) as exc:
+            log.warning("vm=%s suspend failed, the guest runs on: %s", vm.name, exc)
+            self.store.add_event(vm.id, vm.name, vm.owner_id, "suspend_failed", str(exc)[:500])
+            await self._set_state(vm, VMState.RUNNING)
+            raise RuntimeFailure(f'suspending vm "{vm.name}" failed; it is still running: {exc}') from exc
+        self.suspend_store.set_state_bytes(vm.id, size)
+        vm = await self._set_state(vm, VMState.SUSPENDED)
+        elapsed = time.monotonic() - started_at
+        detail = f"{reason}: saved {format_size(size)} in {elapsed:.1f} s"
+        self.store.add_event(vm.id, vm.name, vm.owner_id, "saved", detail)
+        log.info("vm=%s suspended (%s)", vm.name, detail)
+        progress(f"suspended after {elapsed:.1f} s ({format_size(size)} of state)")
+        return vm
+
+    async def resume(self, vm: VM, progress: Progress = _no_progress) -> VM:
+        """Restore a suspended VM with its processes, or boot it from its disk if that fails.
+
+        :raise Conflict: the VM is not suspended.
+        :raise RuntimeFailure: neither the restore nor the boot from disk worked; the VM is stopped.
+        """
+        async with self._lock(vm):
+            vm = self.store.get_vm(vm.id)
+            if vm.state != VMState.SUSPENDED:
+                hint = {
+                    VMState.STOPPED: f'run "start {vm.name}" to boot it',
+                    VMState.RUNNING: "nothing to do",
+                }.get(VMState(vm.state), "wait until it is suspended or running")
+                raise Conflict(f'vm "{vm.name}" is {vm.state}, not suspended: {hint}')
+            return await self._resume_locked(vm, progress)
+
+    async def wake(self, vm: VM, *, reason: str) -> VM:
+        """Resume `vm` if it is suspended or being suspended, and return it as it is then.
+
+        Callers that need a running VM (an SSH login, a request to its URL, the `ssh` command)
+        call this first. Concurrent callers share one resume.
+
+        :raise RuntimeFailure: the VM could not be resumed or booted.
+        """
+        vm = self.store.get_vm(vm.id)
+        if vm.state not in (VMState.SUSPENDED, VMState.SUSPENDING):
+            return vm
+        async with self._lock(vm):
+            vm = self.store.get_vm(vm.id)
+            if vm.state != VMState.SUSPENDED:
+                return vm
+            log.info("vm=%s waking: %s", vm.name, reason)
+            self.store.add_event(vm.id, vm.name, vm.owner_id, "wake", reason)
+            return await self._resume_locked(vm, _no_progress)
+
+    async def request_allowed(self, name: str) -> str | None:
+        """Record a request to VM `name`'s URL as use, and resume the VM if it is suspended.
+
+        The request waits up to `WAKE_TIMEOUT` seconds; the resume goes on after that.
+        Returns None when the VM runs, else a message for the visitor.
+        """
+        vm = self.store.find_vm(name)
+        if vm is None:
+            return None
+        self.idle.touch(vm.id)
+        if vm.state not in (VMState.SUSPENDED, VMState.SUSPENDING):
+            return None
+        vm_id = vm.id
+        task = self._wakes.get(vm_id)
+        if task is None or task.done():
+            task = asyncio.create_task(self.wake(vm, reason="request to its URL"))
+            self._wakes[vm_id] = task
+            task.add_done_callback(lambda done: self._wake_finished(vm_id, done))
+        try:
+            async with asyncio.timeout(WAKE_TIMEOUT):
+                vm = await asyncio.shield(task)
+        except TimeoutError:
+            return f'VM "{name}" is waking up from suspension and is not ready yet: reload this page shortly'
+        except UssycodeError as exc:
+            log.warning("vm=%s wake on request failed: %s", name, exc)
+            return (
+                f'VM "{name}" was suspended and could not be started again: its owner can run "start {name}"'
+            )
+        if vm.state != VMState.RUNNING:
+            return f'VM "{name}" is {vm.state}: its owner can run "start {name}"'
+        return None
+
+    def _wake_finished(self, vm_id: int, task: asyncio.Task[VM]) -> None:
+        self._wakes.pop(vm_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("vm_id=%d wake ended with: %s", vm_id, task.exception())
+
+    async def _resume_locked(self, vm: VM, progress: Progress) -> VM:
+        started_at = time.monotonic()
+        vm = await self._set_state(vm, VMState.STARTING)
+        spec = self.spec(vm)
+        try:
+            await self.network.create_tap(spec.tap, vm.ip, vm.mac)
+            progress("restoring memory and device state")
+            try:
+                await self.runtime.restore_state(spec)
+            except (UssycodeError, OSError) as exc:
+                return await self._boot_after_failed_restore(vm, progress, exc)
+            self.suspend_store.set_state_bytes(vm.id, 0)
+            vm = await self._set_state(vm, VMState.RUNNING)
+            # The guest runs from here on, so a waiting request or login can go ahead while its
+            # clock is set in the background.
+            self._spawn(self._set_guest_clock(vm, spec, started_at))
+        except (UssycodeError, asyncio.CancelledError):
+            await self._halt(self.store.get_vm(vm.id))
+            raise
+        elapsed = time.monotonic() - started_at
+        self.store.add_event(vm.id, vm.name, vm.owner_id, "resumed", f"in {elapsed:.2f} s")
+        log.info("vm=%s resumed after %.2f s", vm.name, elapsed)
+        progress(f"running after {elapsed:.1f} s")
+        return vm
+
+    async def _boot_after_failed_restore(self, vm: VM, progress: Progress, exc: Exception) -> VM:
+        """Boot `vm` from its disk after its saved state failed to load, and record that in its events."""
+        spec = self.spec(vm)
+        log.warning("vm=%s restoring the saved state failed, booting from disk: %s", vm.name, exc)
+        detail = f"saved state not restored ({exc}); booted from disk, processes were lost"
+        self.store.add_event(vm.id, vm.name, vm.owner_id, "resume_failed", detail[:500])
+        progress("the saved state could not be restored: booting from the disk instead")
+        if self.runtime.pid(spec) is not None:
+            await self.runtime.stop(spec, timeout=0)
+        self.runtime.discard_state(spec)
+        self.suspend_store.set_state_bytes(vm.id, 0)
+        return await self._boot(vm, progress)
+
+    async def _set_guest_clock(self, vm: VM, spec: VMSpec, started_at: float) -> None:
+        """Set the guest's clock to the host's once its sshd accepts a login after a resume,
+        because the clock stood still while the VM was suspended. Failures are logged."""
+        deadline = started_at + self.config.boot_timeout
+        while True:
+            if self.runtime.pid(spec) is None:
+                log.warning("vm=%s exited before its clock was set after the resume", vm.name)
+                return
+            try:
+                conn = await self.connect_guest(vm, timeout=15.0)
+                async with conn:
+                    result = await asyncio.wait_for(_send_host_time(conn), GUEST_COMMAND_TIMEOUT)
+            except (RuntimeFailure, OSError, asyncssh.Error, TimeoutError) as exc:
+                log.debug("vm=%s not responding on SSH after the resume yet: %s", vm.name, exc)
+            else:
+                if result.exit_status != 0:
+                    log.warning("vm=%s setting the guest clock exited with %s", vm.name, result.exit_status)
+                return
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "vm=%s did not respond on SSH within %g s after the resume; its clock is behind",
+                    vm.name,
+                    self.config.boot_timeout,
+                )
+                return
+            await asyncio.sleep(READY_POLL_SECONDS)
+
+    def _discard_saved_state(self, vm: VM) -> None:
+        """Delete a suspended VM's saved state, as `stop` does: its memory is lost, its disk kept."""
+        self.runtime.discard_state(self.spec(vm))
+        self.suspend_store.set_state_bytes(vm.id, 0)
+        log.info("vm=%s saved state discarded", vm.name)
+
+    async def _reconcile_suspended(self, vm: VM, alive: bool) -> None:
+        """Bring a VM that was suspending or suspended when the server stopped to a clear state."""
+        spec = self.spec(vm)
+        saved = self.runtime.saved_state(spec) is not None
+        if saved:
+            if alive:
+                log.warning("vm=%s has a saved state and a hypervisor; ending the hypervisor", vm.name)
+                await self.runtime.stop(spec, timeout=0)
+            if vm.state != VMState.SUSPENDED:
+                vm = await self._set_state(vm, VMState.SUSPENDED)
+            await self.listener.vm_changed(vm)
+            return
+        if alive and vm.state == VMState.SUSPENDING:
+            log.warning("vm=%s was being suspended when the server stopped; letting it run on", vm.name)
+            await self.runtime.continue_guest(spec)
+            await self.network.create_tap(spec.tap, vm.ip, vm.mac)
+            await self._set_state(vm, VMState.RUNNING)
+            return
+        log.warning("vm=%s was %s but its saved state is missing; marking it stopped", vm.name, vm.state)
+        self.store.add_event(
+            vm.id, vm.name, vm.owner_id, "resume_failed", "saved state missing after restart"
+        )
+        self._spawn(self._recover_halt(vm))
+
     # Steps.
 
     async def _set_state(self, vm: VM, state: VMState, *, started: bool = False) -> VM:
@@ -584,6 +831,7 @@ class VMManager:
         if self.runtime.pid(spec) is None:
             vm = self._apply_pending(vm)
             spec = self.spec(vm)
+            self.runtime.discard_state(spec)
         progress("attaching network")
         await self.network.create_tap(spec.tap, vm.ip, vm.mac)
         if self.runtime.pid(spec) is None:
@@ -706,7 +954,9 @@ class VMManager:
         return result.exit_status == 0
 
     async def _halt(self, vm: VM) -> VM:
-        """Shut the guest down in stages and mark it stopped."""
+        """Shut the guest down in stages and mark it stopped; a suspended VM loses its saved memory."""
+        if vm.state == VMState.SUSPENDED:
+            self._discard_saved_state(vm)
         if vm.state != VMState.STOPPING:
             vm = await self._set_state(vm, VMState.STOPPING)
         spec = self.spec(vm)
@@ -918,7 +1168,9 @@ class VMManager:
                 continue  # the warm pool adopts or discards its own VMs
             spec = self.spec(vm)
             alive = self.runtime.pid(spec) is not None
-            if vm.state == VMState.RUNNING and alive:
+            if vm.state in (VMState.SUSPENDING, VMState.SUSPENDED):
+                await self._reconcile_suspended(vm, alive)
+            elif vm.state == VMState.RUNNING and alive:
                 log.info("vm=%s adopted running hypervisor", vm.name)
                 await self.network.create_tap(spec.tap, vm.ip, vm.mac)
                 await self.listener.vm_changed(vm)
@@ -952,11 +1204,12 @@ class VMManager:
         task.add_done_callback(self._background.discard)
 
     async def supervise(self) -> None:
-        """Mark VMs stopped whose hypervisor exited on its own (guest poweroff or crash), and
-        sample the resource use of running VMs for `stat`."""
+        """Mark VMs stopped whose hypervisor exited on its own (guest poweroff or crash), sample
+        the resource use of running VMs for `stat`, and suspend idle VMs."""
         async with asyncio.TaskGroup() as group:
             group.create_task(self._watch_exits())
             group.create_task(self.stats.run())
+            group.create_task(self.idle.run())
 
     async def _watch_exits(self) -> None:
         while True:
@@ -1005,6 +1258,23 @@ def _renice(pid: int, niceness: int) -> None:
     for thread in threads:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, thread, niceness)
+
+
+# Prints a line once sudo has started and then sets the clock to the time read from stdin, so
+# the host sends its time only when the guest is ready to use it.
+_SET_CLOCK_COMMAND = """sudo -n sh -c 'echo ready; read t; date -u -s "@$t" >/dev/null'"""
+
+
+async def _send_host_time(conn: asyncssh.SSHClientConnection) -> asyncssh.SSHCompletedProcess:
+    """Set the guest's clock to the host's time over `conn`; late by one round trip at most."""
+    process = await conn.create_process(_SET_CLOCK_COMMAND)
+    try:
+        await process.stdout.readline()
+        process.stdin.write(f"{time.time():.3f}\n")
+        process.stdin.write_eof()
+        return await process.wait(check=False)
+    finally:
+        process.close()
 
 
 def _set_hostname_command(name: str) -> str:

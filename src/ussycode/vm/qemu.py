@@ -7,6 +7,8 @@ QEMU runs detached (`-daemonize`), so VMs keep running while `ussycode serve` re
     qmp.sock       QMP control socket, used for ACPI power-down and quit
     console.log    serial console of the current boot (console.log.1 holds the previous boot)
     qemu.cmdline   the command line of the last start, one shell-quoted line
+    state.qemu     saved memory and device state of a suspended VM (with state.argv, the
+                   command line that saved it); see `save_state` and `restore_state`
 
 The machine is `pc`: `microvm` has no usable clock source under TCG and the guest hangs.
 """
@@ -48,6 +50,17 @@ PIDFILE_TIMEOUT = 5.0
 QMP_TIMEOUT = 5.0
 STAGE_TIMEOUT = 5.0  # per stage after the graceful one: QMP quit, SIGTERM, SIGKILL
 DISK_DEVICE = "disk0"  # the -drive id, which QMP block commands take as the device name
+
+# Suspend and resume: files in `run_dir` next to the disk link.
+STATE_FILE = "state.qemu"  # complete saved state (QEMU migration stream: memory and devices)
+STATE_PARTIAL = "state.qemu.partial"  # being written; never restored
+STATE_LOADING = "state.qemu.loading"  # being read by a restoring QEMU; deleted afterwards
+STATE_ARGV_FILE = "state.argv"  # JSON command line of the QEMU that saved the state
+# Bytes per second for writing a state file. QEMU 7.2 limits migrations to 128 MiB/s by default,
+# which is meant for networks, not for a local file.
+SAVE_BANDWIDTH = 8 * 1024**3
+SAVE_TIMEOUT = 300.0
+RESTORE_TIMEOUT = 120.0
 
 
 def _escape_option(value: str) -> str:
@@ -373,6 +386,150 @@ class QemuRuntime:
             return ""
         return data.decode(errors="replace").replace("\r", "")
 
+    # Saving and restoring the VM's state (suspend and resume).
+
+    def saved_state(self, spec: VMSpec) -> Path | None:
+        """Return the VM's complete saved state file, or None if it has none."""
+        path = spec.run_dir.absolute() / STATE_FILE
+        if path.is_file() and (spec.run_dir.absolute() / STATE_ARGV_FILE).is_file():
+            return path
+        return None
+
+    def discard_state(self, spec: VMSpec) -> None:
+        """Delete the VM's saved state and every partial or consumed copy of it."""
+        run_dir = spec.run_dir.absolute()
+        for name in (STATE_FILE, STATE_PARTIAL, STATE_LOADING, STATE_ARGV_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+
+    async def save_state(self, spec: VMSpec, *, timeout: float = SAVE_TIMEOUT) -> int:
+        """Pause the guest, write its memory and device state next to its disk, and end QEMU.
+
+        The state goes to a partial file first (QMP `migrate` to an `exec:` pipe, the only file
+        target QEMU 7.2 has), which is synced and then renamed to `state.qemu`. A crash before
+        the rename leaves a running or paused QEMU and no state, so the VM can always boot
+        from its disk. Returns the size of the state file in bytes.
+
+        :raise RuntimeFailure: QEMU is not running or the save failed; the guest runs on.
+        """
+        pid = self.pid(spec)
+        if pid is None:
+            raise RuntimeFailure(f'vm "{spec.name}" is not running')
+        run_dir = spec.run_dir.absolute()
+        socket = run_dir / QMP_SOCKET
+        partial = run_dir / STATE_PARTIAL
+        partial.unlink(missing_ok=True)
+        argv = _without_option(_process_argv(pid), "-incoming")
+
+        await qmp_execute(socket, "stop")
+        try:
+            await qmp_execute(socket, "migrate-set-parameters", {"max-bandwidth": SAVE_BANDWIDTH})
+            await qmp_execute(socket, "migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"})
+            await _wait_migration(socket, spec.name, timeout)
+            size = _fsync_file(partial)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            with contextlib.suppress(RuntimeFailure):
+                await qmp_execute(socket, "cont")
+            raise
+
+        # The command line is kept first: a state file is only used together with it.
+        _write_synced(run_dir / STATE_ARGV_FILE, json.dumps(argv).encode())
+        os.replace(partial, run_dir / STATE_FILE)
+        _fsync_dir(run_dir)
+        log.info("vm=%s state saved (%d bytes); ending qemu pid=%d", spec.name, size, pid)
+        await self.stop(spec, timeout=0)
+        return size
+
+    async def restore_state(self, spec: VMSpec, *, timeout: float = RESTORE_TIMEOUT) -> int:
+        """Start QEMU from the saved state and return its PID once the guest runs again.
+
+        QEMU gets the command line that saved the state, because the devices must match.
+        The state file is renamed before QEMU reads it and deleted afterwards, whatever
+        happens: after the guest has run, the disk no longer matches the saved memory, so a
+        state is used at most once.
+
+        :raise NotFound: the VM has no saved state.
+        :raise RuntimeFailure: QEMU failed to start or to load the state; the state is gone,
+            and the VM can boot from its disk.
+        """
+        state = self.saved_state(spec)
+        if state is None:
+            raise NotFound(f'vm "{spec.name}" has no saved state')
+        running = self.pid(spec)
+        if running is not None:
+            raise Conflict(f'vm "{spec.name}" is already running (pid {running}): stop it first')
+        run_dir = spec.run_dir.absolute()
+        argv_file = run_dir / STATE_ARGV_FILE
+        loading = run_dir / STATE_LOADING
+        try:
+            argv = [str(arg) for arg in json.loads(argv_file.read_text())]
+        except (OSError, ValueError) as exc:
+            self.discard_state(spec)
+            raise RuntimeFailure(f'the saved command line of vm "{spec.name}" is unreadable: {exc}') from exc
+        # The disk file may have changed while the VM was suspended (cp freezes the disk and
+        # moves it to a new top file), and so may the name: those come from the current spec.
+        argv = _replace_options(argv, self.command(spec), ("-drive", "-name"))
+        os.replace(state, loading)
+        _fsync_dir(run_dir)
+        argv += ["-incoming", f"exec:cat {shlex.quote(str(loading))}"]
+
+        try:
+            return await self._start_incoming(spec, argv, timeout)
+        finally:
+            loading.unlink(missing_ok=True)
+            argv_file.unlink(missing_ok=True)
+
+    async def continue_guest(self, spec: VMSpec) -> None:
+        """Let a paused guest run again (QMP cont), as after a save that was cut short.
+
+        :raise RuntimeFailure: QEMU is not running or rejected the command.
+        """
+        await qmp_execute(self._qmp_socket(spec), "cont")
+
+    async def _start_incoming(self, spec: VMSpec, argv: list[str], timeout: float) -> int:
+        self._prepare_run_dir(spec)
+        command_text = shlex.join(argv)
+        (spec.run_dir.absolute() / CMDLINE_FILE).write_text(command_text + "\n")
+        log.info("vm=%s restoring qemu from its saved state", spec.name)
+        log.debug("vm=%s command line: %s", spec.name, command_text)
+        try:
+            result = await proc.run(argv, check=False, timeout=START_TIMEOUT)
+        except RuntimeFailure:
+            self._kill_leftover(spec)
+            raise
+        if result.returncode != 0:
+            output = (result.stderr or result.stdout).strip()[-proc.OUTPUT_TAIL_CHARS :]
+            raise RuntimeFailure(
+                f'qemu failed to restore vm "{spec.name}" with exit code {result.returncode}:'
+                f" {output or '(no output)'}",
+                output=output,
+                returncode=result.returncode,
+            )
+        pid = await self._wait_for_pid(spec)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if self.pid(spec) is None:
+                raise RuntimeFailure(f'qemu of vm "{spec.name}" exited while loading the saved state')
+            try:
+                status = await qmp_execute(spec.run_dir.absolute() / QMP_SOCKET, "query-status")
+            except RuntimeFailure as exc:
+                log.debug("vm=%s query-status during restore failed: %s", spec.name, exc)
+                status = {}
+            if status.get("status") == "running":
+                log.info("vm=%s restored, qemu pid=%d", spec.name, pid)
+                return pid
+            if status.get("status") == "paused":
+                # The state was saved from a paused guest, and QEMU keeps the run state it loads.
+                await qmp_execute(spec.run_dir.absolute() / QMP_SOCKET, "cont")
+                continue
+            if loop.time() >= deadline:
+                self._kill_leftover(spec)
+                raise RuntimeFailure(
+                    f'vm "{spec.name}" did not finish loading its saved state within {timeout:g} s'
+                )
+            await asyncio.sleep(0.05)
+
 
 def _process_usage(pid: int) -> tuple[float, int] | None:
     """Return the CPU seconds and resident bytes of process `pid`, or None if it is gone."""
@@ -385,6 +542,93 @@ def _process_usage(pid: int) -> tuple[float, int] | None:
     fields = stat.rsplit(")", 1)[1].split()
     cpu_seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return cpu_seconds, int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def _wait_migration(socket: Path, name: str, timeout: float) -> None:
+    """Poll QMP query-migrate until the outgoing migration completed.
+
+    :raise RuntimeFailure: it failed, was cancelled or ran over `timeout` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        info = await qmp_execute(socket, "query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise RuntimeFailure(
+                f'saving the state of vm "{name}" {status}: {info.get("error-desc", "no details")}'
+            )
+        if loop.time() >= deadline:
+            with contextlib.suppress(RuntimeFailure):
+                await qmp_execute(socket, "migrate_cancel")
+            raise RuntimeFailure(f'saving the state of vm "{name}" ran over {timeout:g} s')
+        await asyncio.sleep(0.05)
+
+
+def _fsync_file(path: Path) -> int:
+    """Flush `path` to stable storage and return its size in bytes."""
+    with path.open("rb") as handle:
+        os.fsync(handle.fileno())
+        return os.fstat(handle.fileno()).st_size
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush the directory entries of `path`, so that a rename in it survives a crash."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a synced temporary file and an atomic rename."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _process_argv(pid: int) -> list[str]:
+    """Return the command line of process `pid`.
+
+    :raise RuntimeFailure: the process is gone.
+    """
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot read the command line of pid {pid}: {exc}") from exc
+    return [os.fsdecode(arg) for arg in raw.split(b"\0") if arg]
+
+
+def _without_option(argv: list[str], option: str) -> list[str]:
+    """Return `argv` without `option` and its value, such as the -incoming of a restored QEMU."""
+    result: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        else:
+            result.append(arg)
+    return result
+
+
+def _replace_options(argv: list[str], source: list[str], options: tuple[str, ...]) -> list[str]:
+    """Return `argv` with the value of each of `options` taken from `source`, where both have it."""
+    values = {
+        source[index]: source[index + 1] for index in range(len(source) - 1) if source[index] in options
+    }
+    result = list(argv)
+    for index in range(len(result) - 1):
+        if result[index] in values:
+            result[index + 1] = values[result[index]]
+    return result
 
 
 def _has_option(argv: list[str], option: str, matches: Callable[[str], bool]) -> bool:

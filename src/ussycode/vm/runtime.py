@@ -93,3 +93,36 @@ class VMRuntime(Protocol):
     async def usage(self, spec: VMSpec) -> RuntimeUsage | None:
         """Return the VM's CPU, memory and disk counters, or None if it is not running."""
         ...
+
+    # Suspend and resume.
+
+    def saved_state(self, spec: VMSpec) -> Path | None:
+        """Return the VM's complete saved state file, or None if it has none."""
+        ...
+
+    def discard_state(self, spec: VMSpec) -> None:
+        """Delete the VM's saved state, complete or partial."""
+        ...
+
+    async def save_state(self, spec: VMSpec) -> int:
+        """Save the running VM's memory and device state next to its disk, end the hypervisor,
+        and return the size of the state in bytes.
+
+        :raise RuntimeFailure: the save failed; the VM runs on.
+        """
+        ...
+
+    async def restore_state(self, spec: VMSpec) -> int:
+        """Start the hypervisor from the saved state, which is used up, and return its PID.
+
+        :raise NotFound: the VM has no saved state.
+        :raise RuntimeFailure: the state did not load; the VM can still boot from its disk.
+        """
+        ...
+
+    async def continue_guest(self, spec: VMSpec) -> None:
+        """Let a paused guest run again.
+
+        :raise RuntimeFailure: the hypervisor is not running or rejected the command.
+        """
+        ...

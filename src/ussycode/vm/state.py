@@ -12,13 +12,19 @@ class VMState(StrEnum):
     RUNNING = "running"  # sshd accepts logins; the URL is routed to port 8080
     STOPPING = "stopping"
     STOPPED = "stopped"
+    SUSPENDING = "suspending"  # the guest is paused and its memory is being saved
+    SUSPENDED = "suspended"  # memory and devices are saved next to the disk; no hypervisor runs
 
 
 ALLOWED: dict[VMState, frozenset[VMState]] = {
     VMState.STARTING: frozenset({VMState.RUNNING, VMState.STOPPING, VMState.STOPPED}),
-    VMState.RUNNING: frozenset({VMState.STOPPING, VMState.STOPPED, VMState.STARTING}),
+    VMState.RUNNING: frozenset({VMState.STOPPING, VMState.STOPPED, VMState.STARTING, VMState.SUSPENDING}),
     VMState.STOPPING: frozenset({VMState.STOPPED}),
     VMState.STOPPED: frozenset({VMState.STARTING}),
+    # A failed save lets the guest run on; a server crash without a saved state leaves it stopped.
+    VMState.SUSPENDING: frozenset({VMState.SUSPENDED, VMState.RUNNING, VMState.STOPPED}),
+    # Resuming passes through STARTING; stopping a suspended VM discards its saved memory.
+    VMState.SUSPENDED: frozenset({VMState.STARTING, VMState.STOPPING, VMState.STOPPED}),
 }
 
 
@@ -31,5 +37,7 @@ def check_transition(name: str, current: str, target: VMState) -> None:
             VMState.STARTING: "wait until it is running",
             VMState.STOPPING: "wait until it has stopped",
             VMState.RUNNING: f'run "stop {name}" first',
+            VMState.SUSPENDING: "wait until it is suspended",
+            VMState.SUSPENDED: f'run "resume {name}" first',
         }[state]
         raise Conflict(f'vm "{name}" is {state.value}: {hint}')

@@ -9,7 +9,20 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
-from ussycode.commands import account, admin, browser, docs, edit, keys, observe, share, ssh, tutorial, vm
+from ussycode.commands import (
+    account,
+    admin,
+    browser,
+    docs,
+    edit,
+    keys,
+    observe,
+    settings,
+    share,
+    ssh,
+    tutorial,
+    vm,
+)
 from ussycode.commands.base import Command, CommandContext
 from ussycode.errors import (
     Conflict,
@@ -33,6 +46,7 @@ REGISTRY: dict[str, Command] = {
         *ssh.COMMANDS,
         *share.COMMANDS,
         *account.COMMANDS,
+        *settings.COMMANDS,
         *admin.COMMANDS,
         *browser.COMMANDS,
         *keys.COMMANDS,

@@ -68,6 +68,7 @@ class NewVMOptions:
     disk_bytes: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     setup_script: str | None = None
+    agent_prompt: str | None = None
     tags: tuple[str, ...] = ()
     comment: str = ""
 
@@ -251,6 +252,7 @@ class VMManager:
                 tags=options.tags,
                 env=options.env,
                 setup_script=options.setup_script,
+                agent_prompt=options.agent_prompt,
             )
         self.store.add_event(vm.id, vm.name, owner.id, "created", f"image={image_name} ip={ip}")
         log.info("vm=%s user=%s created ip=%s image=%s", vm.name, owner.handle, ip, image_name)

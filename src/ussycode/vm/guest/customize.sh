@@ -68,3 +68,6 @@ echo "customize: initramfs"
 install -m 0644 "$guest/initramfs.conf" "$root/etc/initramfs-tools/conf.d/ussycode.conf"
 install -m 0644 "$guest/initramfs-modules" "$root/etc/initramfs-tools/modules"
 chroot "$root" update-initramfs -u -k all
+
+echo "customize: coding agents"
+sh "$guest/agents/install.sh" "$root"

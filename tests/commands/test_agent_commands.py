@@ -50,7 +50,7 @@ def test_new_prompt_bad_input(platform: Platform, alice: SSHUser) -> None:
         result = platform.ssh(alice, [*argv, "--json"], stdin=stdin)
         assert result.status == 1, argv
         assert error_of(result.stdout) == {"code": "invalid_input", "message": message}, argv
-    # Nothing was created, and the server still answers.
+    # Nothing was created, and the server still responds.
     assert json.loads(platform.ssh(alice, "ls --json").stdout) == []
 
 
@@ -66,8 +66,8 @@ def test_new_prompt_stdin_through_api(platform: Platform, alice: SSHUser) -> Non
 
 def test_settings_show_and_set(platform: Platform, alice: SSHUser) -> None:
     assert json.loads(platform.ssh(alice, "settings show --json").stdout) == {"agent-on-login": "on"}
-    shown = platform.ssh(alice, "settings show").stdout
-    assert shown.startswith("agent-on-login  on   start the coding agent pi")
+    listing = platform.ssh(alice, "settings show").stdout
+    assert listing.startswith("agent-on-login  on   start the coding agent pi")
 
     changed = platform.ssh(alice, "settings agent-on-login off")
     assert changed.status == 0

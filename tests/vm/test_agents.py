@@ -1,6 +1,6 @@
 """The agent-ready image in a real VM: toolchains and agents installed, `new --prompt` starting
-pi in tmux, and a terminal login starting pi or attaching to that session, unless the owner's
-`settings agent-on-login off` says otherwise.
+pi in tmux, and a terminal login starting pi or attaching to that session, until the owner turns
+that off with `settings agent-on-login off`.
 
 One VM serves the module, and the tests run in file order, because each boot takes one to two
 minutes under TCG. No LLM gateway runs here: pi's requests fail, and the tests check only the

@@ -67,7 +67,10 @@ class UserSettings:
         return {key: self.get(user_id, key) for key in sorted(SETTINGS)}
 
     def set(self, user_id: int, key: str, value: str) -> None:
-        """Store `value` for `key` after `check_setting` has accepted them."""
+        """Check and store the user's `value` for setting `key`.
+
+        :raise InvalidInput: unknown key or a value that is not one of the choices.
+        """
         check_setting(key, value)
         self.store.execute(
             "INSERT INTO user_settings (user_id, key, value, updated_at) VALUES (?, ?, ?, ?)"

@@ -591,7 +591,8 @@ def start_agent(prompt: str) -> None:
     write_file(AGENT_PROMPT_PATH, prompt, mode=0o600, uid=user.pw_uid, gid=user.pw_gid)
     write_file(AGENT_STARTED_PATH, f"{time.time():.0f}\n")
     command = f"{AGENT_SESSION_SCRIPT} {AGENT_PROMPT_PATH}"
-    run(["runuser", "--login", USER, "--command", command], timeout=60.0)
+    # A login shell and tmux take seconds under emulation, more on a busy host.
+    run(["runuser", "--login", USER, "--command", command], timeout=300.0)
     say(f'started the agent in tmux session "agent" as {USER}')
 
 

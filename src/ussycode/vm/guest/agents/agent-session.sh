@@ -12,6 +12,8 @@ case "$prompt" in
 esac
 
 cd "$HOME"
-# -x and -y give the detached window a size until a client attaches.
+# -x and -y give the detached window a size until a client attaches. pi and the commands it
+# runs get nice 10, so that sshd and the owner's logins stay responsive while it works: under
+# emulation (TCG) pi's start alone keeps one vCPU busy for tens of seconds.
 exec tmux new-session -d -s agent -x 160 -y 48 \
-    sh -c 'pi "$1"; exec bash --login' agent-session "$prompt"
+    sh -c 'nice -n 10 pi "$1"; exec bash --login' agent-session "$prompt"

@@ -70,10 +70,10 @@ ln -sf ../lib/node_modules/npm/bin/npm-cli.js "$root/usr/local/bin/npm"
 ln -sf ../lib/node_modules/npm/bin/npx-cli.js "$root/usr/local/bin/npx"
 
 echo "agents: pi $pi_version and opencode $opencode_version"
-# --omit=optional leaves out pi's clipboard addon (no clipboard over SSH). The opencode-ai
-# package's postinstall script would pick the opencode build for the build machine's CPU, so
-# scripts are off, and the "baseline" build, which runs on every x86-64 CPU, is installed by
-# name and linked where the opencode-ai launcher expects it.
+# --omit=optional leaves out pi's clipboard addon (no clipboard over SSH). The postinstall
+# script of opencode-ai would pick the opencode build for the build machine's CPU, so scripts
+# are off. The "baseline" build, which runs on every x86-64 CPU, is installed by name instead
+# and linked where the opencode-ai launcher expects it.
 # Node.js trusts only the CAs built into it. The build host's bundle lets npm through a proxy
 # that the host trusts, and the copy is removed afterwards.
 cp /etc/ssl/certs/ca-certificates.crt "$root/tmp/build-host-ca.crt"

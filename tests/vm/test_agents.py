@@ -73,7 +73,8 @@ def test_new_with_prompt(agent_vm: AgentVM) -> None:
 
 def test_image_toolchains_and_agents(agent_vm: AgentVM) -> None:
     versions = agent_vm.output(
-        "pi --version; opencode --version; node --version; npm --version; go version;"
+        # pi prints its version on stderr.
+        "pi --version 2>&1; opencode --version; node --version; npm --version; go version;"
         " python3 -m pip --version; tmux -V; gcc --version | head -n 1"
     )
     print(versions)

@@ -63,7 +63,7 @@ SETUP_TIMEOUT_SECONDS = 3600.0
 # The first prompt of `new --prompt` and the marker that keeps it from being sent twice.
 AGENT_PROMPT_PATH = "/var/lib/ussycode/agent-prompt"
 AGENT_STARTED_PATH = "/var/lib/ussycode/agent-prompt.started"
-AGENT_SESSION_SCRIPT = "/usr/local/lib/ussycode/agent-session.sh"
+AGENT_UNIT = "ussycode-agent.service"
 SETUP_REPORT_INTERVAL_SECONDS = 10.0
 # The metadata service takes at most 48 KiB of output in a body of at most 64 KiB.
 SETUP_OUTPUT_MAX_CHARS = 48 * 1024
@@ -580,20 +580,17 @@ def run_setup_script(script: str) -> None:
 
 
 def start_agent(prompt: str) -> None:
-    """Start pi in the tmux session "agent" with the first prompt of `new --prompt`, once.
+    """Queue the start of pi in the tmux session "agent" with the prompt of `new --prompt`, once.
 
-    The session script runs as the login user in a login shell, so pi gets the VM's
-    environment, and it returns once tmux has started the session in the background.
+    `ussycode-agent.service` runs it as the login user once the boot has reached sysinit.target.
     """
     if os.path.exists(AGENT_STARTED_PATH):
         return
     user = pwd.getpwnam(USER)
     write_file(AGENT_PROMPT_PATH, prompt, mode=0o600, uid=user.pw_uid, gid=user.pw_gid)
     write_file(AGENT_STARTED_PATH, f"{time.time():.0f}\n")
-    command = f"{AGENT_SESSION_SCRIPT} {AGENT_PROMPT_PATH}"
-    # A login shell and tmux take seconds under emulation, more on a busy host.
-    run(["runuser", "--login", USER, "--command", command], timeout=300.0)
-    say(f'started the agent in tmux session "agent" as {USER}')
+    run(["systemctl", "start", "--no-block", AGENT_UNIT])
+    say(f'queued {AGENT_UNIT}, which starts pi in tmux session "agent" as {USER}')
 
 
 def notify_ready() -> None:

@@ -92,6 +92,7 @@ echo "agents: configuration"
 install -D -m 0644 "$here/AGENTS.md" "$root/etc/ussycode/AGENTS.md"
 install -D -m 0755 "$here/agent-config.sh" "$root/usr/local/lib/ussycode/agent-config.sh"
 install -D -m 0755 "$here/agent-session.sh" "$root/usr/local/lib/ussycode/agent-session.sh"
+install -D -m 0644 "$here/ussycode-agent.service" "$root/etc/systemd/system/ussycode-agent.service"
 # "zz-": /etc/profile sources profile.d in name order, and this file needs the variables
 # that ussycode.sh (written at boot from the metadata) sets.
 install -D -m 0644 "$here/profile.sh" "$root/etc/profile.d/zz-ussycode-agents.sh"

@@ -144,16 +144,13 @@ def test_login_starts_pi(agent_vm: AgentVM) -> None:
     with agent_vm.terminal() as term:
         term.wait_for("Starting pi", timeout=90)
         wait_until(lambda: pi_running(agent_vm), PI_TIMEOUT, "pi to run")
-        # pi quits on /quit, and the login shell takes over. A retry covers input sent before
-        # pi's editor was ready; a stray "/quit" in bash only prints an error.
-        for _ in range(3):
-            term.line("/quit")
-            try:
-                wait_until(lambda: not pi_running(agent_vm), 60, "pi to quit")
-                break
-            except AssertionError:
-                continue
-        assert not pi_running(agent_vm), term.screen()
+        # Once pi shows its key help, Ctrl-C clears its editor and Ctrl-D quits pi, and the
+        # login shell takes over. Keys sent earlier could reach bash, where Ctrl-D logs out.
+        term.wait_for("clear/exit", timeout=PI_TIMEOUT)
+        term.press("ctrl-c")
+        term.press("ctrl-d")
+        wait_until(lambda: not pi_running(agent_vm), 60, "pi to quit")
+        assert "not found. Downloading" not in term.screen()
         term.line("echo shell-$((6 * 7))")
         term.wait_for("shell-42", timeout=30)
 

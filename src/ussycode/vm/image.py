@@ -84,8 +84,9 @@ PACKAGES = (
     # systemd-logind would need D-Bus, which the image leaves out for boot time.
     "acpid",
 )
-# Toolchains for coding agents. guest/agents/install.sh adds Go, Node.js and the agents.
-AGENT_PACKAGES = ("build-essential", "python3-pip", "python3-venv", "tmux")
+# Toolchains for coding agents. guest/agents/install.sh adds Go, Node.js and the agents. pi
+# downloads fd and ripgrep at its first start unless they are installed.
+AGENT_PACKAGES = ("build-essential", "python3-pip", "python3-venv", "tmux", "fd-find", "ripgrep")
 # The cloud flavour boots under QEMU `-M pc` with virtio and has fewer modules than the generic one.
 DEBIAN_KERNEL = "linux-image-cloud-amd64"
 UBUNTU_KERNEL = "linux-image-virtual"

@@ -89,6 +89,8 @@ rm -rf "$modules/opencode-ai/node_modules"
 rm -rf "$root/tmp/npm-cache" "$root/tmp/build-host-ca.crt" "$root/root/.npm"
 
 echo "agents: configuration"
+# Debian names fd's binary fdfind, because another package has a command named fd.
+ln -sf /usr/bin/fdfind "$root/usr/local/bin/fd"
 install -D -m 0644 "$here/AGENTS.md" "$root/etc/ussycode/AGENTS.md"
 install -D -m 0755 "$here/agent-config.sh" "$root/usr/local/lib/ussycode/agent-config.sh"
 install -D -m 0755 "$here/agent-session.sh" "$root/usr/local/lib/ussycode/agent-session.sh"

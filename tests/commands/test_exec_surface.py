@@ -94,7 +94,7 @@ ERRORS = [
         "doc nope",
         "not_found",
         'no doc topic "nope": topics are getting-started, https-and-ports, sharing, api-and-tokens,'
-        " ssh-tips, llm",
+        " ssh-tips, llm, agents",
     ),
     ("tutorial --lesson 11", "invalid_input", "invalid --lesson 11: choose 1 to 10"),
     ("tutorial --lesson 0", "invalid_input", "invalid --lesson 0: choose 1 to 10"),

@@ -38,6 +38,7 @@ SOURCES = {"VM": lambda: VMS, "COMMAND": lambda: list(REGISTRY), "TOPIC": lambda
                     "--disk",
                     "--env",
                     "--setup-script",
+                    "--prompt",
                     "--tag",
                     "--comment",
                     "--idle",

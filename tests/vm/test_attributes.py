@@ -89,3 +89,26 @@ def test_setup_script_limits() -> None:
     with pytest.raises(InvalidInput) as nul:
         attributes.check_setup_script("echo \0")
     assert str(nul.value) == "the setup script contains a NUL byte: it must be text"
+
+
+def test_agent_prompt_limits() -> None:
+    prompt = "Build a guestbook app.\n\tUse Go.\r\n" + "é" * 100
+    assert attributes.check_agent_prompt(prompt) == prompt
+    assert attributes.check_agent_prompt("x" * 16384) == "x" * 16384
+    with pytest.raises(InvalidInput) as empty:
+        attributes.check_agent_prompt(" \n\t")
+    assert str(empty.value) == "--prompt is empty: give the first instruction for the agent"
+    with pytest.raises(InvalidInput) as long:
+        attributes.check_agent_prompt("é" * 8193)
+    assert str(long.value) == "--prompt is 16386 bytes: the limit is 16384 bytes (16 KiB)"
+
+
+@pytest.mark.parametrize(
+    ("char", "code"), [("\0", "0000"), ("\x1b", "001B"), ("\x7f", "007F"), ("\b", "0008")]
+)
+def test_agent_prompt_control_characters(char: str, code: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        attributes.check_agent_prompt(f"hello {char}[2J world")
+    assert str(caught.value) == (
+        f"--prompt contains the control character U+{code}: only text, tabs and line breaks are allowed"
+    )

@@ -449,6 +449,19 @@ def test_agent_parse_metadata_bad_setup_script(script: Any) -> None:
     assert metadata.ssh_keys == tuple(VALID_METADATA["ssh_keys"])
 
 
+def test_agent_parse_metadata_agent_prompt() -> None:
+    with_prompt = agent.parse_metadata({**VALID_METADATA, "agent_prompt": "build a blog\n"})
+    assert with_prompt.agent_prompt == "build a blog\n"
+    assert agent.parse_metadata(VALID_METADATA).agent_prompt is None
+
+
+@pytest.mark.parametrize("prompt", ["", " \n", 5, ["hi"]])
+def test_agent_parse_metadata_bad_agent_prompt(prompt: Any) -> None:
+    metadata = agent.parse_metadata({**VALID_METADATA, "agent_prompt": prompt})
+    assert metadata.agent_prompt is None
+    assert metadata.ssh_keys == tuple(VALID_METADATA["ssh_keys"])
+
+
 def test_agent_parse_metadata_bad_hostname() -> None:
     metadata = agent.parse_metadata({**VALID_METADATA, "hostname": "Not_A_Host"})
     assert metadata.hostname == ""

@@ -29,6 +29,7 @@ class Action(enum.StrEnum):
     CLAIM_INVITATION = "share.claim"
     SET_EMAIL = "email.set"
     CLEAR_EMAIL = "email.clear"
+    SET_SETTING = "settings.set"
     LOGIN_LINK = "login.link"
     LOGIN = "login"
     LOGIN_FAILED = "login.failed"

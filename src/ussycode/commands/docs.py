@@ -13,7 +13,7 @@ from ussycode.commands.render import Style
 from ussycode.errors import NotFound
 
 # Topics in reading order; files not listed here follow in alphabetical order.
-ORDER = ("getting-started", "https-and-ports", "sharing", "api-and-tokens", "ssh-tips", "llm")
+ORDER = ("getting-started", "https-and-ports", "sharing", "api-and-tokens", "ssh-tips", "llm", "agents")
 
 
 def topics() -> dict[str, str]:

@@ -22,6 +22,7 @@ from ussycode.vm.manager import NewVMOptions
 from ussycode.vm.state import VMState
 
 SETUP_SCRIPT_HINT = 'Paste the setup script, then a line with only "." (or press Ctrl-D):'
+PROMPT_HINT = 'Type the first prompt for the agent, then a line with only "." (or press Ctrl-D):'
 
 
 def _vm_argument(parser: ArgumentParser) -> None:
@@ -49,6 +50,12 @@ def _new_arguments(parser: ArgumentParser) -> None:
         "--setup-script",
         metavar="FILE|-",
         help='script run once as user ussycode at first boot, up to 10 KiB; "-" reads it from stdin',
+    )
+    parser.add_argument(
+        "--prompt",
+        metavar="TEXT|-",
+        help='start the coding agent pi at first boot in tmux session "agent" with this first'
+        ' prompt, up to 16 KiB; "-" reads it from stdin',
     )
     parser.add_argument(
         "--tag", metavar="TAG", action="append", default=[], help="tag, repeatable or comma-separated"
@@ -91,6 +98,25 @@ async def read_setup_script(ctx: CommandContext, value: str | None) -> str | Non
     )
 
 
+async def read_agent_prompt(ctx: CommandContext, value: str | None) -> str | None:
+    """Return the checked prompt of `--prompt VALUE`, or None without one; "-" reads stdin.
+
+    :raise InvalidInput: no input on stdin, or an invalid prompt.
+    """
+    if value is None:
+        return None
+    if value != "-":
+        return attributes.check_agent_prompt(value)
+    if not isinstance(ctx.terminal, InputTerminal):
+        raise InvalidInput(
+            "--prompt - reads stdin, which this client cannot send: pass the prompt text as the value"
+        )
+    prompt = await ctx.terminal.read_input(PROMPT_HINT, attributes.MAX_AGENT_PROMPT_BYTES)
+    if prompt is None:
+        raise InvalidInput("--prompt -: no prompt on stdin")
+    return attributes.check_agent_prompt(prompt)
+
+
 async def new(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     services = ctx.services
     config = services.config
@@ -106,9 +132,14 @@ async def new(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
         idle_seconds=parse_idle(args.idle) if args.idle is not None else None,
     )
     attributes.check_tag_count(options.tags, args.name or "new")
+    if args.setup_script == "-" and args.prompt == "-":
+        raise InvalidInput("--setup-script - and --prompt - both read stdin: pass the prompt as text")
     script = await read_setup_script(ctx, args.setup_script)
     if script is not None:
         options = dataclasses.replace(options, setup_script=script)
+    prompt = await read_agent_prompt(ctx, args.prompt)
+    if prompt is not None:
+        options = dataclasses.replace(options, agent_prompt=prompt)
     vm = await services.manager.create(
         ctx.user, name=args.name, image=args.image, options=options, progress=ctx.terminal.progress
     )

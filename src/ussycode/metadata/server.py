@@ -22,6 +22,7 @@ from ussycode.errors import RuntimeFailure
 from ussycode.llm.env import llm_environment
 from ussycode.llm.gateway import LLMGateway
 from ussycode.store import VM, Store
+from ussycode.store.user_settings import AGENT_ON_LOGIN, UserSettings
 from ussycode.vm.manager import VMManager
 
 log = logging.getLogger(__name__)
@@ -100,12 +101,15 @@ class MetadataService:
     def environment(self, vm: VM) -> dict[str, str]:
         """Return the VM's environment: the LLM gateway's variables, then the VM's `new --env`
         variables, which may replace them, then the platform's, which take precedence."""
+        agent_on_login = UserSettings(self.store).get(vm.owner_id, AGENT_ON_LOGIN)
         return {
             **llm_environment(self.config, self.store, vm),
             **self.manager.details.get(vm.id).env,
             "USSYCODE_VM_NAME": vm.name,
             "USSYCODE_PUBLIC_DOMAIN": self.config.domain,
             "USSYCODE_PUBLIC_URL": self.config.vm_https_url(vm.name).rstrip("/"),
+            # Read by the image's login script: "0" keeps a terminal login from starting pi.
+            "USSYCODE_AGENT_ON_LOGIN": "1" if agent_on_login == "on" else "0",
         }
 
     def document(self, vm: VM) -> dict[str, Any]:
@@ -119,9 +123,12 @@ class MetadataService:
             "ssh_keys": self.ssh_keys(vm),
             "env": self.environment(vm),
         }
-        setup_script = self.manager.details.get(vm.id).setup_script
-        if setup_script is not None:
-            document["setup_script"] = setup_script
+        details = self.manager.details.get(vm.id)
+        if details.setup_script is not None:
+            document["setup_script"] = details.setup_script
+        # The guest sends it once, at the first boot that receives it.
+        if details.agent_prompt is not None:
+            document["agent_prompt"] = details.agent_prompt
         return document
 
     # Handlers.

@@ -25,6 +25,7 @@ class VMDetails:
     pending_cpus: int | None = None
     pending_memory_mb: int | None = None
     copied_from: str | None = None
+    agent_prompt: str | None = None
 
 
 def _from_row(row: dict[str, object]) -> VMDetails:
@@ -40,6 +41,7 @@ def _from_row(row: dict[str, object]) -> VMDetails:
         pending_cpus=None if row["pending_cpus"] is None else int(str(row["pending_cpus"])),
         pending_memory_mb=None if row["pending_memory_mb"] is None else int(str(row["pending_memory_mb"])),
         copied_from=None if row["copied_from"] is None else str(row["copied_from"]),
+        agent_prompt=None if row["agent_prompt"] is None else str(row["agent_prompt"]),
     )
 
 
@@ -71,11 +73,20 @@ class VMDetailsStore:
         env: dict[str, str] | None = None,
         setup_script: str | None = None,
         copied_from: str | None = None,
+        agent_prompt: str | None = None,
     ) -> VMDetails:
         self.store.execute(
-            "INSERT INTO vm_details (vm_id, comment, tags, env, setup_script, copied_from)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (vm_id, comment, json.dumps(sorted(tags)), json.dumps(env or {}), setup_script, copied_from),
+            "INSERT INTO vm_details (vm_id, comment, tags, env, setup_script, copied_from, agent_prompt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                vm_id,
+                comment,
+                json.dumps(sorted(tags)),
+                json.dumps(env or {}),
+                setup_script,
+                copied_from,
+                agent_prompt,
+            ),
         )
         return self.get(vm_id)
 

@@ -1,4 +1,4 @@
-"""Attributes users set on a VM (tags, comment, environment, setup script) and their limits."""
+"""Attributes users set on a VM (tags, comment, environment, setup script, agent prompt) and their limits."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ MAX_ENV_VALUE_BYTES = 4096
 # Variables the platform sets itself in every VM; users cannot replace them.
 RESERVED_ENV_PREFIX = "USSYCODE_"
 MAX_SETUP_SCRIPT_BYTES = 10 * 1024
+# The prompt travels in the metadata document and becomes one argument of pi's command line.
+MAX_AGENT_PROMPT_BYTES = 16 * 1024
 
 
 def parse_tags(values: Iterable[str]) -> tuple[str, ...]:
@@ -101,3 +103,25 @@ def check_setup_script(script: str) -> str:
     if "\0" in script:
         raise InvalidInput("the setup script contains a NUL byte: it must be text")
     return script
+
+
+def check_agent_prompt(prompt: str) -> str:
+    """Return `prompt` if it is non-empty text of at most 16 KiB.
+
+    Line breaks and tabs are allowed. Other control characters are not, because the prompt is
+    shown in the agent's terminal, where escape sequences would act on the screen.
+
+    :raise InvalidInput: empty, too long, or contains a control character.
+    """
+    size = len(prompt.encode())
+    if not prompt.strip():
+        raise InvalidInput("--prompt is empty: give the first instruction for the agent")
+    if size > MAX_AGENT_PROMPT_BYTES:
+        raise InvalidInput(f"--prompt is {size} bytes: the limit is {MAX_AGENT_PROMPT_BYTES} bytes (16 KiB)")
+    for char in prompt:
+        if (ord(char) < 32 and char not in "\t\n\r") or ord(char) == 127:
+            raise InvalidInput(
+                f"--prompt contains the control character U+{ord(char):04X}:"
+                " only text, tabs and line breaks are allowed"
+            )
+    return prompt

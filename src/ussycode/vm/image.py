@@ -56,7 +56,7 @@ KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initrd.img"
 MANIFEST_FILE = "manifest.json"
 # Apparent size of the raw image. The file is sparse, and the guest grows it to its disk's size.
-ROOTFS_SIZE_BYTES = 2 * 1024**3
+ROOTFS_SIZE_BYTES = 3 * 1024**3
 
 # Arguments the image needs. The host appends ussy.ip=, ussy.gw= and ussy.dns= to them.
 KERNEL_CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0 biosdevname=0 quiet"
@@ -86,6 +86,9 @@ PACKAGES = (
     # systemd-logind would need D-Bus, which the image leaves out for boot time.
     "acpid",
 )
+# Toolchains for coding agents. guest/agents/install.sh adds Go, Node.js and the agents. pi
+# downloads fd and ripgrep at its first start unless they are installed.
+AGENT_PACKAGES = ("build-essential", "python3-pip", "python3-venv", "tmux", "fd-find", "ripgrep")
 # The cloud flavour boots under QEMU `-M pc` with virtio and has fewer modules than the generic one.
 DEBIAN_KERNEL = "linux-image-cloud-amd64"
 UBUNTU_KERNEL = "linux-image-virtual"
@@ -225,7 +228,7 @@ def is_ubuntu(suite: str) -> bool:
 
 def package_list(suite: str) -> tuple[str, ...]:
     """Return the packages installed on top of mmdebstrap's minbase variant for `suite`."""
-    return (*PACKAGES, UBUNTU_KERNEL if is_ubuntu(suite) else DEBIAN_KERNEL)
+    return (*PACKAGES, *AGENT_PACKAGES, UBUNTU_KERNEL if is_ubuntu(suite) else DEBIAN_KERNEL)
 
 
 def mirror_lines(suite: str, mirror: str) -> list[str]:

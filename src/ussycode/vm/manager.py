@@ -77,6 +77,7 @@ class NewVMOptions:
     disk_bytes: int | None = None
     env: dict[str, str] = field(default_factory=dict)
     setup_script: str | None = None
+    agent_prompt: str | None = None
     tags: tuple[str, ...] = ()
     comment: str = ""
     idle_seconds: int | None = None  # 0: never suspend when idle
@@ -280,6 +281,7 @@ class VMManager:
                 tags=options.tags,
                 env=options.env,
                 setup_script=options.setup_script,
+                agent_prompt=options.agent_prompt,
             )
             if options.idle_seconds is not None:
                 self.suspend_store.set_idle_seconds(vm.id, options.idle_seconds)

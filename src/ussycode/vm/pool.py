@@ -191,6 +191,8 @@ class WarmPool:
             return f"--disk {format_size(disk_bytes)} differs from the pool's"
         if options.setup_script is not None:
             return "a setup script runs at first boot"
+        if options.agent_prompt is not None:
+            return "--prompt starts the agent at first boot"
         if options.cpus is not None and options.cpus != self.config.vm_cpus:
             return "--cpu differs from the default"
         if options.memory_mb is not None and options.memory_mb * 1024 * 1024 != self.config.vm_memory:

@@ -97,3 +97,6 @@ for kernel in "$root"/boot/vmlinuz-*; do
     version="${kernel##*/vmlinuz-}"
     sh "$guest/make-initramfs.sh" "$root" "$version" "$root/boot/ussycode-initrd.img-$version"
 done
+
+echo "customize: coding agents"
+sh "$guest/agents/install.sh" "$root"

@@ -60,6 +60,10 @@ SETUP_SCRIPT_PATH = "/var/lib/ussycode/setup-script"
 SETUP_STARTED_PATH = "/var/lib/ussycode/setup-script.started"
 SETUP_LOG_PATH = "/var/log/ussycode-setup.log"
 SETUP_TIMEOUT_SECONDS = 3600.0
+# The first prompt of `new --prompt` and the marker that keeps it from being sent twice.
+AGENT_PROMPT_PATH = "/var/lib/ussycode/agent-prompt"
+AGENT_STARTED_PATH = "/var/lib/ussycode/agent-prompt.started"
+AGENT_UNIT = "ussycode-agent.service"
 SETUP_REPORT_INTERVAL_SECONDS = 10.0
 # The metadata service takes at most 48 KiB of output in a body of at most 64 KiB.
 SETUP_OUTPUT_MAX_CHARS = 48 * 1024
@@ -99,6 +103,7 @@ class Metadata(NamedTuple):
     ssh_keys: tuple[str, ...]
     env: dict[str, str]
     setup_script: str | None
+    agent_prompt: str | None
 
 
 class Command(NamedTuple):
@@ -186,6 +191,11 @@ def parse_metadata(data: Any) -> Metadata:
         say("ignoring setup_script: not a non-empty string")
         setup_script = None
 
+    agent_prompt = data.get("agent_prompt")
+    if agent_prompt is not None and (not isinstance(agent_prompt, str) or not agent_prompt.strip()):
+        say("ignoring agent_prompt: not a non-empty string")
+        agent_prompt = None
+
     return Metadata(
         name=strings["name"],
         hostname=strings["hostname"],
@@ -194,6 +204,7 @@ def parse_metadata(data: Any) -> Metadata:
         ssh_keys=tuple(keys),
         env=env,
         setup_script=setup_script,
+        agent_prompt=agent_prompt,
     )
 
 
@@ -568,6 +579,20 @@ def run_setup_script(script: str) -> None:
     report_setup(status, exit_status, POST_RETRY_SECONDS)
 
 
+def start_agent(prompt: str) -> None:
+    """Queue the start of pi in the tmux session "agent" with the prompt of `new --prompt`, once.
+
+    `ussycode-agent.service` runs it as the login user once the boot has reached sysinit.target.
+    """
+    if os.path.exists(AGENT_STARTED_PATH):
+        return
+    user = pwd.getpwnam(USER)
+    write_file(AGENT_PROMPT_PATH, prompt, mode=0o600, uid=user.pw_uid, gid=user.pw_gid)
+    write_file(AGENT_STARTED_PATH, f"{time.time():.0f}\n")
+    run(["systemctl", "start", "--no-block", AGENT_UNIT])
+    say(f'queued {AGENT_UNIT}, which starts pi in tmux session "agent" as {USER}')
+
+
 def notify_ready() -> None:
     """Tell systemd the unit is ready (Type=notify), which lets sshd start."""
     address = os.environ.get("NOTIFY_SOCKET")
@@ -667,6 +692,9 @@ def main() -> int:
     step("growing the root filesystem", grow_root, root_device(params))
     if fresh and metadata is not None and metadata.setup_script is not None:
         step("running the setup script", run_setup_script, metadata.setup_script)
+    # After the setup script, so that the agent finds what the script installed.
+    if fresh and metadata is not None and metadata.agent_prompt is not None:
+        step("starting the agent", start_agent, metadata.agent_prompt)
     say("done")
     return 0
 

@@ -127,10 +127,13 @@ class Stack:
             tls_mode="internal",
             acme_email="",
             api_upstream=f"127.0.0.1:{self.api_port}",
+            auth_socket=self.config.data_dir / "auth.sock",
         )
         self.routes = CaddyRoutes(self.config, self.caddy, self.store)
 
-        self.api = APIServer(config=self.config, store=self.store)
+        self.api = APIServer(
+            config=self.config, store=self.store, auth_socket=self.config.data_dir / "auth.sock"
+        )
         gateway_key = asyncssh.generate_private_key("ssh-ed25519")
         self.manager = VMManager(
             config=self.config,

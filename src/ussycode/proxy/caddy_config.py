@@ -112,6 +112,9 @@ class ProxySettings:
     tls_mode: str
     acme_email: str
     api_upstream: str
+    # Where forward auth is requested: the API's HOST:PORT, or `unix/<absolute path>` of the
+    # socket served by `ussycode.api.auth_socket`, which costs less per request.
+    auth_upstream: str
     ask_url: str | None
     admin_socket: Path
 
@@ -290,7 +293,7 @@ def _strip_platform_cookies() -> list[dict[str, Any]]:
     return [{"handler": "headers", "request": {"replace": replace}}, delete_empty]
 
 
-def _forward_auth(api_upstream: str) -> dict[str, Any]:
+def _forward_auth(auth_upstream: str) -> dict[str, Any]:
     """Return the handler that requests the API's access decision for the request.
 
     On a 2xx response each identity header is copied only when the response has it non-empty.
@@ -316,7 +319,7 @@ def _forward_auth(api_upstream: str) -> dict[str, Any]:
     )
     return {
         "handler": "reverse_proxy",
-        "upstreams": [{"dial": api_upstream}],
+        "upstreams": [{"dial": auth_upstream}],
         "rewrite": {"method": "GET", "uri": AUTH_PATH},
         "headers": {
             "request": {
@@ -360,7 +363,7 @@ def build_vm_route(route: VMRoute, settings: ProxySettings) -> dict[str, Any]:
         address, _, port = route.upstream.rpartition(":")
     port_placeholder = f"{{http.regexp.{PORT_CAPTURE}.1}}"
 
-    primary_steps = [] if route.public else [_set_stage("auth"), _forward_auth(settings.api_upstream)]
+    primary_steps = [] if route.public else [_set_stage("auth"), _forward_auth(settings.auth_upstream)]
     primary_dial = route.upstream
     port_dial = None if address is None else f"{address}:{port_placeholder}"
     platform_paths = [LOGOUT_PATH, CALLBACK_PATH, SHARE_PATH]
@@ -380,7 +383,7 @@ def build_vm_route(route: VMRoute, settings: ProxySettings) -> dict[str, Any]:
             "match": [{"header_regexp": {"Host": {"name": PORT_CAPTURE, "pattern": port_pattern}}}],
             "handle": [
                 _set_stage("auth"),
-                _forward_auth(settings.api_upstream),
+                _forward_auth(settings.auth_upstream),
                 *_strip_platform_cookies(),
                 _app(route, port_dial, port_placeholder),
             ],

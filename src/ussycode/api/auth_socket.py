@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 from pathlib import Path
 
 from aiohttp import web
@@ -45,6 +46,10 @@ _REASONS = {
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
 }
+
+
+# A response header with one of these could end the header block early or add a header.
+_UNSAFE_IN_HEADER = re.compile("[\r\n\0]")
 
 
 class HeadError(ValueError):
@@ -77,7 +82,7 @@ def serialize(status: int, headers: list[tuple[str, str]], body: bytes, *, keep_
     """
     lines = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Response')}"]
     for name, value in headers:
-        if any(char in name or char in value for char in "\r\n\0"):
+        if _UNSAFE_IN_HEADER.search(name) or _UNSAFE_IN_HEADER.search(value):
             raise HeadError(f"header {name!r} contains a line break or NUL")
         lines.append(f"{name}: {value}")
     lines.append(f"Content-Length: {len(body)}")

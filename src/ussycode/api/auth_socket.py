@@ -3,12 +3,13 @@
 Caddy requests a decision for every request to a private VM URL, so the cost of that request
 bounds how fast a private URL can be. The API's aiohttp server spends most of its time per
 request in its own request and response machinery. This server parses only what Caddy sends
-(a GET with a header block, no body), answers from the same `ForwardAuth` decisions and cache,
-and keeps the connection open for Caddy's next request.
+(a GET with a header block, no body), decides with the same `ForwardAuth` code and cache, and
+keeps the connection open for Caddy's next request.
 
 Only the owner of the process can connect to the socket (mode 0600), and Caddy runs as that
-owner. Requests that this parser does not handle get 400 and the connection is closed; Caddy
-then shows its "sign-in check failed" page, so a parse error never lets a request through.
+owner. A request that this parser does not handle gets a 4xx response and the connection is
+closed. Forward auth passes any response other than 2xx to the client, so a request this server
+rejects never reaches the VM.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from ussycode.errors import RuntimeFailure
 
 log = logging.getLogger(__name__)
 
-# Caddy's request head carries the client's headers (cookies included), so allow as much as the
-# API's aiohttp server does: 32 KiB per header field, and a few of them.
+# Caddy's request head carries the client's headers, cookies included. The API's aiohttp server
+# allows 32 KiB per header field, and this allows four such fields.
 MAX_HEAD_BYTES = 128 * 1024
 # A unix socket path is at most 107 bytes on Linux (108 with the terminating NUL).
 MAX_SOCKET_PATH_BYTES = 107
@@ -98,7 +99,7 @@ def _response_bytes(response: web.Response, *, keep_alive: bool) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
-    """One connection from Caddy: requests are answered in order, each as soon as its head is in."""
+    """One connection from Caddy, which gets a response to each request in order, once its head is in."""
 
     def __init__(self, forward_auth: ForwardAuth, open_transports: set[asyncio.Transport]) -> None:
         self._forward_auth = forward_auth

@@ -20,7 +20,8 @@ A VM's route matches its own host `<name>.<domain>` and the hosts of its other p
     1. delete every X-Ussycode-* request header the client sent
     2. /__ussycode/logout, /callback and /share  -> the platform's API (login on this host)
        any other /__ussycode/ path              -> 404
-    3. forward auth: a request to the API's /__ussycode/auth. A 2xx response copies the
+    3. forward auth: a request to /__ussycode/auth on the auth upstream (the unix socket of
+       `ussycode.api.auth_socket` when `ussycode serve` runs). A 2xx response copies the
        visitor's X-Ussycode-User-Id, -Handle and -Email into the request. Any other response
        (a redirect to the login page, 401, 403) goes back to the client as it is. The VM's own host skips
        this step when the VM is public; other ports never do.
@@ -112,8 +113,8 @@ class ProxySettings:
     tls_mode: str
     acme_email: str
     api_upstream: str
-    # Where forward auth is requested: the API's HOST:PORT, or `unix/<absolute path>` of the
-    # socket served by `ussycode.api.auth_socket`, which costs less per request.
+    # Upstream of forward auth: the API's HOST:PORT, or `unix/<absolute path>` of the socket
+    # served by `ussycode.api.auth_socket`, which costs less per request.
     auth_upstream: str
     ask_url: str | None
     admin_socket: Path

@@ -147,6 +147,17 @@ def test_auth_socket_bad_request_closes(world: World, tmp_path: Path, raw: bytes
     run_with_socket(world, tmp_path, body)
 
 
+def test_auth_socket_store_failure_500(world: World, tmp_path: Path) -> None:
+    async def body(reader: Reader, writer: Writer) -> None:
+        world.store.close()
+        writer.write(request())
+        status, headers, _ = await read_response(reader)
+        assert status == 500
+        assert headers["connection"] == "close"
+
+    run_with_socket(world, tmp_path, body)
+
+
 def test_auth_socket_head_too_large(world: World, tmp_path: Path) -> None:
     async def body(reader: Reader, writer: Writer) -> None:
         writer.write(b"GET /__ussycode/auth HTTP/1.1\r\nX-Filler: " + b"a" * (MAX_HEAD_BYTES + 1))

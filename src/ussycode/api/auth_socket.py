@@ -169,15 +169,18 @@ class _Connection(asyncio.Protocol):
             return
 
         forward_auth = self._forward_auth
-        decision = forward_auth.decision(hosts[0], headers)
         try:
+            decision = forward_auth.decision(hosts[0], headers)
             if decision.verdict is Verdict.ALLOW:
                 reply = serialize(200, list(allow_headers(decision).items()), b"", keep_alive=keep_alive)
             else:
                 response = forward_auth.deny_response(decision, hosts[0], headers, None)
                 reply = _response_bytes(response, keep_alive=keep_alive)
-        except HeadError as exc:
-            self._reject(500, str(exc))
+        except Exception as exc:
+            # Without a response Caddy would wait for one with no time limit, so every failure
+            # (a store error included) closes the request with 500, which Caddy passes on.
+            log.debug("forward-auth socket: decision failed for host=%s", hosts[0], exc_info=True)
+            self._reject(500, f"decision failed: {exc}")
             return
         if method == "HEAD":
             reply = reply[: reply.index(b"\r\n\r\n") + 4]

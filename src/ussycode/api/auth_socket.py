@@ -196,7 +196,8 @@ class AuthSocketServer:
         self.forward_auth = forward_auth
         self.path = path
         self._server: asyncio.AbstractServer | None = None
-        # Caddy keeps its connections open, and `wait_closed` waits for them, so `stop` closes them.
+        # Caddy keeps its connections open, and from Python 3.12 on `wait_closed` waits for open
+        # connections, so `stop` closes them.
         self._open_transports: set[asyncio.Transport] = set()
 
     async def start(self) -> None:

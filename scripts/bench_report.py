@@ -65,7 +65,7 @@ def _web_rows(label: str, web: dict[str, Any], *, judge: bool) -> list[tuple[str
     judged = _ratio(ratio, ">= 0.70", ratio >= TARGET_PRIVATE_RATIO) if judge else f"{ratio:.2f}"
     rows.append((f"{label}: private with session / public req/s", judged))
     if "auth_endpoint_session" in web:
-        rows.append((f"{label}: forward-auth endpoint alone, session", _load(web["auth_endpoint_session"])))
+        rows.append((f"{label}: forward-auth socket alone, session", _load(web["auth_endpoint_session"])))
     return rows
 
 

@@ -125,10 +125,10 @@ def measure(workdir: Path, seconds: float, connections: int) -> dict[str, Any]:
 
         results.update(interleave(load, list(routes), seconds))
 
-        # The forward-auth endpoint alone, requested as Caddy requests it for the session row.
-        auth_url = f"http://127.0.0.1:{stack.api_port}{AUTH_PATH}"
-        host = ("--header", f"Host: {vm.name}.{DOMAIN}", "--header", "X-Forwarded-Uri: /")
-        results["auth_endpoint_session"] = http_load(auth_url, seconds, connections, *host, *session)
+        # The forward-auth socket alone, requested as Caddy requests it for the session row.
+        auth_url = f"http://{vm.name}.{DOMAIN}{AUTH_PATH}"
+        socket = ("--unix-socket", str(stack.auth_socket), "--header", "X-Forwarded-Uri: /")
+        results["auth_endpoint_session"] = http_load(auth_url, seconds, connections, *socket, *session)
         return results
 
 

@@ -2,7 +2,8 @@
 
 Used by the benchmark inside its network namespace:
     python http_load.py URL --seconds 10 --connections 8 [--cacert FILE] [--connect-to IP]
-`--connect-to` sends the requests to IP while keeping the URL's host for SNI and Host.
+`--connect-to` sends the requests to IP while keeping the URL's host for SNI and Host;
+`--unix-socket PATH` sends them to a unix socket instead, with the URL's host as Host.
 """
 
 from __future__ import annotations
@@ -66,11 +67,15 @@ async def worker(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     context = ssl.create_default_context(cafile=args.cacert) if args.cacert else None
     resolver = FixedResolver(args.connect_to) if args.connect_to else None
-    connector = aiohttp.TCPConnector(
-        ssl=context if urlsplit(args.url).scheme == "https" else False,
-        resolver=resolver,
-        limit=args.connections,
-    )
+    connector: aiohttp.BaseConnector
+    if args.unix_socket:
+        connector = aiohttp.UnixConnector(path=args.unix_socket, limit=args.connections)
+    else:
+        connector = aiohttp.TCPConnector(
+            ssl=context if urlsplit(args.url).scheme == "https" else False,
+            resolver=resolver,
+            limit=args.connections,
+        )
     latencies: list[float] = []
     errors: list[str] = []
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -107,6 +112,7 @@ def main() -> None:
         "--header", action="append", default=[], help='extra header "Name: value" (repeatable)'
     )
     parser.add_argument("--connect-to", help="IP address to connect to instead of resolving the host")
+    parser.add_argument("--unix-socket", help="unix socket to send plain HTTP requests to, for any URL host")
     print(json.dumps(asyncio.run(run(parser.parse_args()))))
 
 

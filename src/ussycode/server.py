@@ -100,6 +100,7 @@ async def serve(config: Config) -> None:
     await network.setup()
 
     api_host, api_port = config.api_addr
+    auth_socket = config.data_dir / "auth.sock"
     caddy = Caddy(
         binary=config.caddy_bin,
         data_dir=config.data_dir,
@@ -110,6 +111,7 @@ async def serve(config: Config) -> None:
         acme_email=config.acme_email,
         api_upstream=f"{api_host or '127.0.0.1'}:{api_port}",
         ask_url=f"http://{api_host or '127.0.0.1'}:{api_port}/__ussycode/tls-ask",
+        auth_socket=auth_socket,
     )
     routes = CaddyRoutes(config, caddy, store)
     manager = VMManager(
@@ -139,7 +141,9 @@ async def serve(config: Config) -> None:
         exec_endpoint=ExecEndpoint(services, verifier, limiter),
         admin_panel=admin_panel,
         denied=denied,
+        auth_socket=auth_socket,
     )
+    api.forward_auth.on_request = manager.note_request
     api.forward_auth.on_allow = manager.request_allowed
     gateway = Gateway(services, host_key)
 

@@ -666,6 +666,7 @@ def _settings(**overrides: Any) -> ProxySettings:
         "tls_mode": "internal",
         "acme_email": "",
         "api_upstream": "127.0.0.1:9090",
+        "auth_upstream": "127.0.0.1:9090",
         "ask_url": None,
         "admin_socket": Path("/var/lib/ussycode/caddy/admin.sock"),
     }

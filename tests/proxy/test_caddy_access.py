@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 from pathlib import Path
 from typing import Any
 
 from tests.proxy.conftest import DOMAIN, CaddyFactory, EchoApp, free_port
 from ussycode.proxy import VMRoute
+from ussycode.proxy.caddy import Caddy
 from ussycode.proxy.caddy_config import ProxySettings, build_vm_route
 
 SETTINGS = ProxySettings(
@@ -18,6 +20,7 @@ SETTINGS = ProxySettings(
     tls_mode="internal",
     acme_email="",
     api_upstream="127.0.0.1:9090",
+    auth_upstream="127.0.0.1:9090",
     ask_url=None,
     admin_socket=Path("/run/caddy.sock"),
 )
@@ -42,6 +45,30 @@ def test_route_public_skips_api() -> None:
     route = build_vm_route(VMRoute("mild-owl", "10.0.0.5:8080", "running", "", public=True), SETTINGS)
     assert not has_forward_auth(steps(route)[-1]["handle"])
     assert has_forward_auth(steps(route)[-2]["handle"])
+
+
+def test_route_auth_dials_socket() -> None:
+    settings = dataclasses.replace(SETTINGS, auth_upstream="unix//var/lib/ussycode/auth.sock")
+    route = build_vm_route(VMRoute("mild-owl", "10.0.0.5:8080", "running", ""), settings)
+    platform_paths, primary = steps(route)[1], steps(route)[-1]
+    auth = [handler for handler in primary["handle"] if has_forward_auth([handler])]
+    assert [handler["upstreams"] for handler in auth] == [[{"dial": "unix//var/lib/ussycode/auth.sock"}]]
+    assert platform_paths["handle"][0]["upstreams"] == [{"dial": "127.0.0.1:9090"}]
+
+
+def test_caddy_auth_socket_upstream(tmp_path: Path) -> None:
+    caddy = Caddy(
+        binary="caddy",
+        data_dir=tmp_path,
+        domain=DOMAIN,
+        https_addr=("127.0.0.1", 8443),
+        http_addr=("127.0.0.1", 8080),
+        tls_mode="internal",
+        acme_email="",
+        api_upstream="127.0.0.1:9090",
+        auth_socket=tmp_path / "auth.sock",
+    )
+    assert caddy._settings.auth_upstream == f"unix/{tmp_path}/auth.sock"
 
 
 def test_route_strips_identity_first() -> None:

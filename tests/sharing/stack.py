@@ -118,6 +118,7 @@ class Stack:
         self.api_port = free_port()
         self.config = load_config(workdir / "data", self.https_port, free_port(), self.api_port)
         self.store = Store(workdir / "data" / "ussycode.db")
+        self.auth_socket = self.config.data_dir / "auth.sock"
         self.caddy = Caddy(
             binary="caddy",
             data_dir=self.config.data_dir,
@@ -127,10 +128,11 @@ class Stack:
             tls_mode="internal",
             acme_email="",
             api_upstream=f"127.0.0.1:{self.api_port}",
+            auth_socket=self.auth_socket,
         )
         self.routes = CaddyRoutes(self.config, self.caddy, self.store)
 
-        self.api = APIServer(config=self.config, store=self.store)
+        self.api = APIServer(config=self.config, store=self.store, auth_socket=self.auth_socket)
         gateway_key = asyncssh.generate_private_key("ssh-ed25519")
         self.manager = VMManager(
             config=self.config,

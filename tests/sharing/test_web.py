@@ -258,6 +258,18 @@ def test_web_post_reaches_app(stack: Stack) -> None:
     assert reply.json()["path"] == "/form"
 
 
+def test_web_chunked_post_reaches_app(stack: Stack) -> None:
+    owner = stack.add_user("p15-bob")
+    stack.add_vm("p15-fox", owner)
+    client, _ = signed_in(stack, owner, "p15-fox")
+    chunked = ("--header", "Transfer-Encoding: chunked", "--data-binary", "in=chunks")
+    reply = client.get(stack.vm_url("p15-fox", "/form"), *chunked)
+    # The forward-auth socket rejects a chunked body, so this shows that Caddy sends none with its
+    # GET. The echo app reads only bodies with a Content-Length, so it cannot show the body.
+    assert reply.status == 200
+    assert reply.json()["method"] == "POST"
+
+
 def test_web_set_public(stack: Stack) -> None:
     owner = stack.add_user("p16-alice")
     stack.add_vm("p16-owl", owner)

@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ussycode.api.admin_panel import AdminPanel
+from ussycode.api.auth_socket import AuthSocketServer
 from ussycode.api.browser_login import BrowserLogin
 from ussycode.api.exec import ExecEndpoint
 from ussycode.api.forward_auth import ForwardAuth
@@ -35,7 +36,9 @@ class APIServer:
         exec_endpoint: ExecEndpoint | None = None,
         admin_panel: AdminPanel | None = None,
         denied: DeniedRequestLog | None = None,
+        auth_socket: Path | None = None,
     ) -> None:
+        """`auth_socket`, if given, is where `AuthSocketServer` serves forward auth for Caddy."""
         self.config = config
         self.store = store
         self.exec_endpoint = exec_endpoint
@@ -43,6 +46,7 @@ class APIServer:
         denied = denied or DeniedRequestLog(AuditLog(store))
         self.forward_auth = ForwardAuth(config=config, store=store, denied=denied)
         self.browser_login = BrowserLogin(config=config, store=store, denied=denied)
+        self.auth_socket = None if auth_socket is None else AuthSocketServer(self.forward_auth, auth_socket)
         self._runner: web.AppRunner | None = None
 
     def app(self) -> web.Application:
@@ -70,8 +74,12 @@ class APIServer:
                 f"cannot listen for the API on {host or '*'}:{port}: {exc.strerror}"
             ) from exc
         log.info("api listening on %s:%d", host or "*", port)
+        if self.auth_socket is not None:
+            await self.auth_socket.start()
 
     async def stop(self) -> None:
+        if self.auth_socket is not None:
+            await self.auth_socket.stop()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

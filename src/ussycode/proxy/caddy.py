@@ -199,6 +199,7 @@ class Caddy:
         acme_email: str,
         api_upstream: str,
         ask_url: str | None = None,
+        auth_socket: Path | None = None,
     ) -> None:
         """Check the settings; nothing starts until `start`.
 
@@ -218,6 +219,7 @@ class Caddy:
             tls_mode=tls_mode,
             acme_email=acme_email,
             api_upstream=api_upstream,
+            auth_upstream=api_upstream if auth_socket is None else f"unix/{auth_socket.absolute()}",
             ask_url=ask_url,
             admin_socket=self._admin_socket,
         )

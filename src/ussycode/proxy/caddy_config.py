@@ -20,7 +20,8 @@ A VM's route matches its own host `<name>.<domain>` and the hosts of its other p
     1. delete every X-Ussycode-* request header the client sent
     2. /__ussycode/logout, /callback and /share  -> the platform's API (login on this host)
        any other /__ussycode/ path              -> 404
-    3. forward auth: a request to the API's /__ussycode/auth. A 2xx response copies the
+    3. forward auth: a request to /__ussycode/auth on the auth upstream (the unix socket of
+       `ussycode.api.auth_socket` when `ussycode serve` runs). A 2xx response copies the
        visitor's X-Ussycode-User-Id, -Handle and -Email into the request. Any other response
        (a redirect to the login page, 401, 403) goes back to the client as it is. The VM's own host skips
        this step when the VM is public; other ports never do.
@@ -112,6 +113,9 @@ class ProxySettings:
     tls_mode: str
     acme_email: str
     api_upstream: str
+    # Upstream of forward auth: the API's HOST:PORT, or `unix/<absolute path>` of the socket
+    # served by `ussycode.api.auth_socket`, which costs less per request.
+    auth_upstream: str
     ask_url: str | None
     admin_socket: Path
 
@@ -290,7 +294,7 @@ def _strip_platform_cookies() -> list[dict[str, Any]]:
     return [{"handler": "headers", "request": {"replace": replace}}, delete_empty]
 
 
-def _forward_auth(api_upstream: str) -> dict[str, Any]:
+def _forward_auth(auth_upstream: str) -> dict[str, Any]:
     """Return the handler that requests the API's access decision for the request.
 
     On a 2xx response each identity header is copied only when the response has it non-empty.
@@ -316,7 +320,7 @@ def _forward_auth(api_upstream: str) -> dict[str, Any]:
     )
     return {
         "handler": "reverse_proxy",
-        "upstreams": [{"dial": api_upstream}],
+        "upstreams": [{"dial": auth_upstream}],
         "rewrite": {"method": "GET", "uri": AUTH_PATH},
         "headers": {
             "request": {
@@ -360,7 +364,7 @@ def build_vm_route(route: VMRoute, settings: ProxySettings) -> dict[str, Any]:
         address, _, port = route.upstream.rpartition(":")
     port_placeholder = f"{{http.regexp.{PORT_CAPTURE}.1}}"
 
-    primary_steps = [] if route.public else [_set_stage("auth"), _forward_auth(settings.api_upstream)]
+    primary_steps = [] if route.public else [_set_stage("auth"), _forward_auth(settings.auth_upstream)]
     primary_dial = route.upstream
     port_dial = None if address is None else f"{address}:{port_placeholder}"
     platform_paths = [LOGOUT_PATH, CALLBACK_PATH, SHARE_PATH]
@@ -380,7 +384,7 @@ def build_vm_route(route: VMRoute, settings: ProxySettings) -> dict[str, Any]:
             "match": [{"header_regexp": {"Host": {"name": PORT_CAPTURE, "pattern": port_pattern}}}],
             "handle": [
                 _set_stage("auth"),
-                _forward_auth(settings.api_upstream),
+                _forward_auth(settings.auth_upstream),
                 *_strip_platform_cookies(),
                 _app(route, port_dial, port_placeholder),
             ],

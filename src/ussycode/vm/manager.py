@@ -680,8 +680,16 @@ class VMManager:
             self.store.add_event(vm.id, vm.name, vm.owner_id, "wake", reason)
             return await self._resume_locked(vm, _no_progress)
 
+    def note_request(self, name: str) -> bool:
+        """Record a request to VM `name`'s URL as use; return whether the VM must be resumed for it."""
+        vm = self.store.find_vm(name)
+        if vm is None:
+            return False
+        self.idle.touch(vm.id)
+        return vm.state in (VMState.SUSPENDED, VMState.SUSPENDING) or vm.id in self._wakes
+
     async def request_allowed(self, name: str) -> str | None:
-        """Record a request to VM `name`'s URL as use, and resume the VM if it is suspended.
+        """Resume VM `name` for a request to its URL if it is suspended, and wait for it.
 
         The request waits up to `WAKE_TIMEOUT` seconds; the resume goes on after that.
         Returns None when the VM runs, else a message for the visitor.
@@ -689,8 +697,7 @@ class VMManager:
         vm = self.store.find_vm(name)
         if vm is None:
             return None
-        self.idle.touch(vm.id)
-        if vm.state not in (VMState.SUSPENDED, VMState.SUSPENDING):
+        if vm.state not in (VMState.SUSPENDED, VMState.SUSPENDING) and vm.id not in self._wakes:
             return None
         vm_id = vm.id
         task = self._wakes.get(vm_id)

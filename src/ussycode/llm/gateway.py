@@ -24,10 +24,12 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from ussycode.auth.ratelimit import RateLimiter
 from ussycode.config import Config
@@ -162,6 +164,13 @@ class LLMGateway:
             known = ", ".join(sorted(self.providers))
             return error_response(
                 style, 404, "not_found", f"unknown LLM provider {name!r}: this gateway serves {known}"
+            )
+        path = request.match_info["path"]
+        if any(segment in (".", "..") for segment in path.split("/")):
+            # Dot segments would leave the base URL's path, such as /api of OpenRouter, and reach
+            # other paths of the host with the platform key.
+            return error_response(
+                style, 400, "bad_path", f"invalid API path {path!r}: . and .. segments are not allowed"
             )
         vm = self.vm_for(request)
         if vm is None:
@@ -302,10 +311,10 @@ class LLMGateway:
     async def _forward(
         self, request: web.Request, *, vm: VM, owner: User, provider: Provider, route: Route, body: bytes
     ) -> web.StreamResponse:
-        path = request.match_info["path"]
-        url = f"{route.base_url}/{path}"
-        if request.query_string:
-            url += "?" + request.query_string
+        # The path arrives decoded: quote it again, so that an encoded ? or # stays in the path.
+        path = quote(request.match_info["path"], safe="/:@!$&'()*+,;=~")
+        query = request.rel_url.raw_query_string
+        url = URL(f"{route.base_url}/{path}" + (f"?{query}" if query else ""), encoded=True)
         day = utc_day()
         meter: UsageMeter | None = None
         status = 0

@@ -158,7 +158,7 @@ def _check_url(text: str) -> str:
     return text.rstrip("/")
 
 
-_PROVIDER_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+PROVIDER_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
 def _parse_name_pairs(text: str, what: str) -> tuple[tuple[str, str], ...]:
@@ -168,7 +168,7 @@ def _parse_name_pairs(text: str, what: str) -> tuple[tuple[str, str], ...]:
             continue
         name, sep, value = part.strip().partition("=")
         name = name.strip()
-        if not sep or not _PROVIDER_NAME_RE.fullmatch(name) or not value.strip():
+        if not sep or not PROVIDER_NAME_RE.fullmatch(name) or not value.strip():
             # Only the name is shown, because the value of a NAME=KEY entry is a secret.
             shown = f"the entry for {name!r}" if sep else f"entry {len(pairs) + 1}"
             raise ValueError(

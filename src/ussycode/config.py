@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -155,6 +156,15 @@ def _check_url(text: str) -> str:
         raise ValueError(
             "expected an http:// or https:// URL without query, such as https://routussy.example"
         )
+    if text:
+        # The URL is shown in logs and in errors that VMs receive, so it must carry no password.
+        parts = urllib.parse.urlsplit(text)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("the URL contains a user name or password: remove it and set the key separately")
+        if not parts.hostname:
+            raise ValueError("the URL has no host name")
+        # Raises ValueError for a port out of range or not a number.
+        _ = parts.port
     return text.rstrip("/")
 
 

@@ -4,6 +4,7 @@ isolation between users, and keys kept out of responses and logs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -505,5 +506,29 @@ def test_gateway_encoded_query_stays_in_path(tmp_path: Path) -> None:
             reply = await stack.raw_request(ALICE_IP, "openai/v1/models?after=a%20b", method="GET")
             assert reply.status == 200
             assert stack.standin.requests[-1]["path"] == "/v1/models?after=a%20b"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("form", ["escaped", "gzip", "header", "chunks"])
+def test_gateway_echoed_key_redacted(tmp_path: Path, form: str) -> None:
+    # The key must be removed in whatever form the error echoes it: with / escaped as \/, in a
+    # gzip body (the gateway asks for identity, a provider may ignore that), in a header, or at
+    # the end of a body sent in many chunks, of which the gateway read only the first.
+    key = "sk-plat/form+key-0123456789"
+
+    async def scenario() -> None:
+        async with gateway_stack(tmp_path, {"USSYCODE_LLM_OPENAI_KEY": key}) as stack:
+            reply = await stack.request(ALICE_IP, "openai", f"v1/echo-key?form={form}", {})
+            assert reply.status == 401
+            seen = reply.body + json.dumps(reply.headers).encode()
+            assert key.encode() not in seen
+            assert key.replace("/", "\\/").encode() not in seen
+            assert "Content-Encoding" not in reply.headers
+            if form != "header":
+                document = reply.json()
+                assert document["error"]["message"] == f"Incorrect API key provided: Bearer {REDACTED}"
+            else:
+                assert reply.headers["X-Debug"] == f"Bearer {REDACTED}"
 
     asyncio.run(scenario())

@@ -158,7 +158,7 @@ def test_panel_behind_caddy(site: Platform) -> None:
 
 def test_panel_pool_vm_console_not_found(site: Platform) -> None:
     # A warm-pool VM is no user's: the panel names it nowhere, so its console page must not exist
-    # either. A row of the pool's user stands in for a booted pool VM.
+    # either. A store row owned by the pool's user takes the place of a booted pool VM.
     with sqlite3.connect(site.data_dir / "ussycode.db") as db:
         db.execute(
             "INSERT INTO vms (name, owner_id, state, image, image_path, cpus, memory_mb, disk_bytes,"

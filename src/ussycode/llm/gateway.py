@@ -170,6 +170,7 @@ class LLMGateway:
         if any(segment in (".", "..") for segment in path.split("/")):
             # Dot segments would leave the base URL's path, such as /api of OpenRouter, and reach
             # other paths of the host with the platform key.
+            log.info("llm provider=%s rejected path %r from %s: dot segment", name, path, request.remote)
             return error_response(
                 style, 400, "bad_path", f"invalid API path {path!r}: . and .. segments are not allowed"
             )

@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import os
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -155,10 +156,19 @@ def _check_url(text: str) -> str:
         raise ValueError(
             "expected an http:// or https:// URL without query, such as https://routussy.example"
         )
+    if text:
+        # The URL is shown in logs and in errors that VMs receive, so it must carry no password.
+        parts = urllib.parse.urlsplit(text)
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("the URL contains a user name or password: remove it and set the key separately")
+        if not parts.hostname:
+            raise ValueError("the URL has no host name")
+        # Raises ValueError for a port out of range or not a number.
+        _ = parts.port
     return text.rstrip("/")
 
 
-_PROVIDER_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+PROVIDER_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 
 
 def _parse_name_pairs(text: str, what: str) -> tuple[tuple[str, str], ...]:
@@ -168,7 +178,7 @@ def _parse_name_pairs(text: str, what: str) -> tuple[tuple[str, str], ...]:
             continue
         name, sep, value = part.strip().partition("=")
         name = name.strip()
-        if not sep or not _PROVIDER_NAME_RE.fullmatch(name) or not value.strip():
+        if not sep or not PROVIDER_NAME_RE.fullmatch(name) or not value.strip():
             # Only the name is shown, because the value of a NAME=KEY entry is a secret.
             shown = f"the entry for {name!r}" if sep else f"entry {len(pairs) + 1}"
             raise ValueError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterator
 
 import pytest
@@ -153,3 +154,24 @@ def test_panel_behind_caddy(site: Platform) -> None:
     assert reply.status == 200
     assert "Dashboard" in reply.stdout
     assert "Signed in as <b>root-admin</b>" in reply.stdout
+
+
+def test_panel_pool_vm_console_not_found(site: Platform) -> None:
+    # A warm-pool VM is no user's: the panel names it nowhere, so its console page must not exist
+    # either. A store row owned by the pool's user takes the place of a booted pool VM.
+    with sqlite3.connect(site.data_dir / "ussycode.db") as db:
+        db.execute(
+            "INSERT INTO vms (name, owner_id, state, image, image_path, cpus, memory_mb, disk_bytes,"
+            " ip, mac, created_at, updated_at) SELECT '_pool-0000test', id, 'stopped', 'ussyuntu',"
+            " '/nonexistent', 1, 512, 1073741824, '10.99.0.250', '52:54:00:99:00:fa', '', ''"
+            " FROM users WHERE handle = '_pool'"
+        )
+    try:
+        jar = signed_in(site, "root-admin")
+        reply = curl(site, f"{PANEL}/vms/_pool-0000test/console", "-b", jar)
+        assert reply.status == 404
+        assert "No VM with that name." in reply.stdout
+        assert "_pool-0000test" not in curl(site, f"{PANEL}/vms", "-b", jar).stdout
+    finally:
+        with sqlite3.connect(site.data_dir / "ussycode.db") as db:
+            db.execute("DELETE FROM vms WHERE name = '_pool-0000test'")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import web
 
 from tests.llm.provider_standin import Standin
@@ -89,6 +90,12 @@ class Stack:
         ):
             data = await response.read()
             return Reply(response.status, dict(response.headers), data)
+
+    async def raw_request(self, source_ip: str, path: str, *, method: str = "POST") -> Reply:
+        """Send `path` after /gateway/llm/ exactly as given, without normalising or quoting it."""
+        url = yarl.URL(f"{self.url}/gateway/llm/{path}", encoded=True)
+        async with self.session(source_ip) as client, client.request(method, url, json={}) as response:
+            return Reply(response.status, dict(response.headers), await response.read())
 
 
 @asynccontextmanager

@@ -10,7 +10,7 @@ Routes (the same app serves both styles):
 - `POST /v1/messages`: an Anthropic message, or with `"stream": true` the event sequence
   message_start, content_block_delta (twice), message_delta, message_stop.
 - `POST /v1/echo-key`: 401 with the received credentials in the error message, as a careless
-  provider might send them.
+  provider might send them; `?form=` escaped, gzip, header or chunks sends them in another form.
 
 Each request is recorded (method, path, headers, JSON body) in `requests` and, in script mode,
 as one JSON line in LOG_FILE. In-process, a stream sends its first chunk and then waits for the
@@ -20,6 +20,7 @@ as one JSON line in LOG_FILE. In-process, a stream sends its first chunk and the
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import sys
 from pathlib import Path
@@ -72,11 +73,35 @@ class Standin:
         await self._record(request)
         return web.json_response({"object": "list", "data": [{"id": "standin-1", "object": "model"}]})
 
-    async def echo_key(self, request: web.Request) -> web.Response:
+    async def echo_key(self, request: web.Request) -> web.StreamResponse:
+        """Answer 401 with the received key, in the form that `?form=` names (plain by default)."""
         await self._record(request)
         received = request.headers.get("Authorization", "") + request.headers.get("x-api-key", "")
         message = f"Incorrect API key provided: {received}"
-        return web.json_response({"error": {"message": message, "type": "invalid_request_error"}}, status=401)
+        body = json.dumps({"error": {"message": message, "type": "invalid_request_error"}})
+        form = request.query.get("form", "plain")
+        if form == "escaped":
+            # JSON encoders of some languages write / as \/.
+            body = body.replace("/", "\\/")
+        if form == "gzip":
+            return web.Response(
+                status=401,
+                body=gzip.compress(body.encode()),
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            )
+        if form == "header":
+            return web.json_response({"error": {"message": "no"}}, status=401, headers={"X-Debug": received})
+        if form == "chunks":
+            # A long body sent in pieces, with the key at the end.
+            response = web.StreamResponse(status=401, headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            padding = json.dumps({"padding": "x" * 100_000, "error": {"message": message}})
+            for start in range(0, len(padding), 4096):
+                await response.write(padding[start : start + 4096].encode())
+                await asyncio.sleep(0)
+            await response.write_eof()
+            return response
+        return web.Response(status=401, text=body, content_type="application/json")
 
     async def _events(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
         response = web.StreamResponse(

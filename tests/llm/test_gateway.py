@@ -4,6 +4,7 @@ isolation between users, and keys kept out of responses and logs."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -467,5 +468,67 @@ def test_gateway_client_leaves_mid_stream(tmp_path: Path) -> None:
             # The gateway goes on serving.
             reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
             assert reply.status == 200
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["v1/../../admin", "..%2F..%2Fadmin", "%2e%2e/%2e%2e/admin", "v1/%2E/models", "v1/chat/.."],
+)
+def test_gateway_dot_segments_rejected(tmp_path: Path, path: str) -> None:
+    # A base URL has a path (OpenRouter's /api): .. must not reach the host's other paths with
+    # the platform key.
+    async def scenario() -> None:
+        environ = {
+            "USSYCODE_LLM_OPENROUTER_URL": "{standin}/api",
+            "USSYCODE_LLM_OPENROUTER_KEY": "sk-or-platform-1",
+        }
+        async with gateway_stack(tmp_path, environ) as stack:
+            reply = await stack.raw_request(ALICE_IP, f"openrouter/{path}")
+            assert reply.status == 400
+            error = openai_error(reply)
+            assert error["code"] == "invalid_path"
+            assert "segments are not allowed" in str(error["message"])
+            reply = await stack.raw_request(ALICE_IP, f"anthropic/{path}")
+            assert reply.status == 400
+            assert anthropic_error(reply)["type"] == "invalid_request_error"
+            assert stack.standin.requests == []
+
+    asyncio.run(scenario())
+
+
+def test_gateway_encoded_query_stays_in_path(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with gateway_stack(tmp_path, {"USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI}) as stack:
+            reply = await stack.raw_request(ALICE_IP, "openai/v1/models%3Fx=1?after=a%20b", method="GET")
+            assert reply.status == 404
+            reply = await stack.raw_request(ALICE_IP, "openai/v1/models?after=a%20b", method="GET")
+            assert reply.status == 200
+            assert stack.standin.requests[-1]["path"] == "/v1/models?after=a%20b"
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("form", ["escaped", "gzip", "header", "chunks"])
+def test_gateway_echoed_key_redacted(tmp_path: Path, form: str) -> None:
+    # The key must be removed in whatever form the error echoes it: with / escaped as \/, in a
+    # gzip body (the gateway asks for identity, a provider may ignore that), in a header, or at
+    # the end of a body sent in many chunks, of which the gateway read only the first.
+    key = "sk-plat/form+key-0123456789"
+
+    async def scenario() -> None:
+        async with gateway_stack(tmp_path, {"USSYCODE_LLM_OPENAI_KEY": key}) as stack:
+            reply = await stack.request(ALICE_IP, "openai", f"v1/echo-key?form={form}", {})
+            assert reply.status == 401
+            seen = reply.body + json.dumps(reply.headers).encode()
+            assert key.encode() not in seen
+            assert key.replace("/", "\\/").encode() not in seen
+            assert "Content-Encoding" not in reply.headers
+            if form != "header":
+                document = reply.json()
+                assert document["error"]["message"] == f"Incorrect API key provided: Bearer {REDACTED}"
+            else:
+                assert reply.headers["X-Debug"] == f"Bearer {REDACTED}"
 
     asyncio.run(scenario())

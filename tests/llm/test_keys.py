@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.llm.harness import load_config
-from ussycode.errors import InvalidInput
+from ussycode.errors import InvalidInput, RuntimeFailure
 from ussycode.llm.keys import SECRET_FILE, KeyVault, UnreadableKey, check_key, load_secret, mask
 from ussycode.store import Store
 from ussycode.store.llm import LLMStore
@@ -83,6 +83,23 @@ def test_keys_secret_file_generated(tmp_path: Path) -> None:
 
     given = load_config({"USSYCODE_DATA_DIR": str(tmp_path / "data"), "USSYCODE_LLM_SECRET": "from-settings"})
     assert load_secret(given) == b"from-settings"
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \n"])
+def test_keys_empty_secret_file_rejected(tmp_path: Path, content: str) -> None:
+    # An empty file (a failed first write, or `touch`) must not become an empty secret, which
+    # would encrypt every key with a key that anyone can derive.
+    path = tmp_path / "data" / SECRET_FILE
+    path.parent.mkdir()
+    path.write_text(content)
+    config = load_config({"USSYCODE_DATA_DIR": str(tmp_path / "data")})
+    with pytest.raises(RuntimeFailure) as caught:
+        load_secret(config)
+    assert str(caught.value) == (
+        f"the LLM secret file {path} is empty: restore it from a backup, or delete it to generate a new"
+        " one (stored keys must then be set again), or set --llm-secret"
+    )
+    assert path.read_text() == content
 
 
 @pytest.mark.parametrize(

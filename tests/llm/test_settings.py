@@ -54,6 +54,16 @@ def test_settings_custom_endpoints() -> None:
         ({"USSYCODE_LLM_TIER_CITIZEN": "tokens=5"}, "invalid --llm-tier-citizen"),
         ({"USSYCODE_LLM_ROUTUSSY": "yes"}, "--llm-routussy yes needs --routussy-url"),
         ({"USSYCODE_LLM_OWN_KEY_RPM": "0"}, "must be a positive whole number"),
+        # Each of these URLs passed the check, and every request to it then failed with a 500.
+        (
+            {"USSYCODE_LLM_ENDPOINTS": "x=http://user:pw@x.example"},
+            "the URL contains a user name or password",
+        ),
+        ({"USSYCODE_LLM_OPENAI_URL": "https://:pw@x.example"}, "the URL contains a user name or password"),
+        ({"USSYCODE_LLM_ENDPOINTS": "x=http://x.example:99999"}, "Port out of range"),
+        ({"USSYCODE_LLM_ENDPOINTS": "x=http://x.example:port"}, "Port could not be cast"),
+        ({"USSYCODE_LLM_ENDPOINTS": "x=http://[::1"}, "Invalid IPv6 URL"),
+        ({"USSYCODE_LLM_ENDPOINTS": "x=http://:80"}, "the URL has no host name"),
     ],
 )
 def test_settings_invalid(environ: dict[str, str], message: str) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ussycode.llm.usage import MAX_EVENT_LINE_BYTES, TokenCount, UsageMeter
+from ussycode.llm.usage import MAX_EVENT_LINE_BYTES, MAX_JSON_BODY_BYTES, TokenCount, UsageMeter
 
 
 def event(data: object, kind: str | None = None) -> bytes:
@@ -99,3 +99,20 @@ def test_usage_overlong_line_skipped() -> None:
     meter.feed(event({"usage": {"prompt_tokens": 1, "completion_tokens": 2}}))
     count = meter.finish()
     assert (count.input_tokens, count.output_tokens) == (1, 2)
+
+
+@pytest.mark.parametrize("size", [64 * 1024, 1024 * 1024])
+def test_usage_plain_json_over_the_limit_still_counted(size: int) -> None:
+    # A large response (such as many logprobs) must not use the platform budget for free: its
+    # usage comes last, after what overflows the parse buffer.
+    content = "x" * (MAX_JSON_BODY_BYTES + 10)
+    body = json.dumps(
+        {
+            "choices": [{"message": {"content": content + ' "usage": {"prompt_tokens": 1}'}}],
+            "usage": {"prompt_tokens": 1000, "completion_tokens": 500_000},
+        }
+    )
+    count = meter_in_pieces(body.encode(), size, event_stream=False)
+    assert (count.input_tokens, count.output_tokens) == (1000, 500_000)
+    cut = body[: body.rindex('"usage"') + 12]
+    assert meter_in_pieces(cut.encode(), size, event_stream=False) == TokenCount()

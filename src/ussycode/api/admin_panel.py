@@ -440,7 +440,7 @@ class AdminPanel:
 
     async def console(self, request: web.Request, visitor: Visitor) -> web.Response:
         vm = self.store.find_vm(request.match_info["name"])
-        if vm is None:
+        if vm is None or self.manager.is_pooled(vm):
             return self._render(visitor, "Not found", [paragraph("No VM with that name.")], status=404)
         try:
             text = self.manager.runtime.console_tail(self.manager.spec(vm), CONSOLE_BYTES)

@@ -15,6 +15,7 @@ from ussycode.commands.base import (
     add_subcommands,
 )
 from ussycode.commands.render import table
+from ussycode.config import PROVIDER_NAME_RE
 from ussycode.errors import InvalidInput, NotFound
 from ussycode.llm.keys import MAX_KEY_CHARS, KeyVault
 from ussycode.llm.limits import llm_limits
@@ -31,7 +32,15 @@ def _provider_name(ctx: CommandContext, name: str) -> str:
     """:raise NotFound: the gateway serves no provider called `name`."""
     known = providers(ctx.services.config)
     if name not in known:
-        raise NotFound(f"unknown LLM provider {name!r}: expected one of {', '.join(sorted(known))}")
+        # A key given in the provider's place (the arguments swapped) must not reach the error,
+        # which is logged: only a word that could be a provider name is shown.
+        shown = (
+            repr(name) if not name or PROVIDER_NAME_RE.fullmatch(name) else "(not shown: it looks like a key)"
+        )
+        raise NotFound(
+            f"unknown LLM provider {shown}: expected one of {', '.join(sorted(known))};"
+            " the provider comes first, as in llm-key set openai -"
+        )
     return name
 
 

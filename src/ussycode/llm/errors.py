@@ -18,6 +18,7 @@ _KINDS: dict[str, tuple[str, str, str]] = {
     "no_key": ("invalid_request_error", "no_api_key", "authentication_error"),
     "forbidden": ("invalid_request_error", "permission_denied", "permission_error"),
     "not_found": ("invalid_request_error", "unknown_provider", "not_found_error"),
+    "bad_path": ("invalid_request_error", "invalid_path", "invalid_request_error"),
     "too_large": ("invalid_request_error", "request_too_large", "request_too_large"),
     "upstream": ("api_error", "upstream_unavailable", "api_error"),
 }

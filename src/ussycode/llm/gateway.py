@@ -21,13 +21,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from ussycode.auth.ratelimit import RateLimiter
 from ussycode.config import Config
@@ -162,6 +165,14 @@ class LLMGateway:
             known = ", ".join(sorted(self.providers))
             return error_response(
                 style, 404, "not_found", f"unknown LLM provider {name!r}: this gateway serves {known}"
+            )
+        path = request.match_info["path"]
+        if any(segment in (".", "..") for segment in path.split("/")):
+            # Dot segments would leave the base URL's path, such as /api of OpenRouter, and reach
+            # other paths of the host with the platform key.
+            log.info("llm provider=%s rejected path %r from %s: dot segment", name, path, request.remote)
+            return error_response(
+                style, 400, "bad_path", f"invalid API path {path!r}: . and .. segments are not allowed"
             )
         vm = self.vm_for(request)
         if vm is None:
@@ -302,10 +313,10 @@ class LLMGateway:
     async def _forward(
         self, request: web.Request, *, vm: VM, owner: User, provider: Provider, route: Route, body: bytes
     ) -> web.StreamResponse:
-        path = request.match_info["path"]
-        url = f"{route.base_url}/{path}"
-        if request.query_string:
-            url += "?" + request.query_string
+        # The path arrives decoded: quote it again, so that an encoded ? or # stays in the path.
+        path = quote(request.match_info["path"], safe="/:@!$&'()*+,;=~")
+        query = request.rel_url.raw_query_string
+        url = URL(f"{route.base_url}/{path}" + (f"?{query}" if query else ""), encoded=True)
         day = utc_day()
         meter: UsageMeter | None = None
         status = 0
@@ -389,13 +400,49 @@ class LLMGateway:
             )
 
     async def _error_passthrough(self, upstream: aiohttp.ClientResponse, route: Route) -> web.Response:
-        """Return the provider's error response with the key removed, should the body echo it."""
-        body = await upstream.content.read(MAX_ERROR_BODY_BYTES)
-        if route.key.encode() in body:
-            body = body.replace(route.key.encode(), REDACTED.encode())
-        headers = {
-            key: value
-            for key, value in upstream.headers.items()
-            if key.lower() not in DROPPED_RESPONSE_HEADERS
-        }
-        return web.Response(status=upstream.status, body=body, headers=headers)
+        """Return the provider's error response with the key removed, should the body or a header echo it."""
+        body = bytearray()
+        # `read(n)` returns the first chunk only, so read until the end or the limit.
+        async for chunk in upstream.content.iter_any():
+            body += chunk
+            if len(body) >= MAX_ERROR_BODY_BYTES:
+                break
+        plain = _decoded(bytes(body[:MAX_ERROR_BODY_BYTES]), upstream.headers.get("Content-Encoding", ""))
+        secrets = {route.key, route.key.replace("/", "\\/")}
+        headers = {}
+        for key, value in upstream.headers.items():
+            if key.lower() not in DROPPED_RESPONSE_HEADERS:
+                headers[key] = _redacted(value, secrets)
+        return web.Response(status=upstream.status, body=_redacted_bytes(plain, secrets), headers=headers)
+
+
+def _redacted(text: str, secrets: set[str]) -> str:
+    """Return `text` with each of `secrets` replaced by `REDACTED`."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _redacted_bytes(body: bytes, secrets: set[str]) -> bytes:
+    """Return `body` with each of `secrets` replaced by `REDACTED`."""
+    for secret in secrets:
+        body = body.replace(secret.encode(), REDACTED.encode())
+    return body
+
+
+def _decoded(body: bytes, encoding: str) -> bytes:
+    """Return an error body without its content encoding, which the gateway does not forward.
+
+    A provider may compress although the gateway requests identity, and a compressed body would
+    hide an echoed key from `_redacted_bytes`.
+    """
+    encoding = encoding.strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        try:
+            # wbits 47 reads both gzip and zlib headers.
+            return zlib.decompressobj(wbits=47).decompress(body, MAX_ERROR_BODY_BYTES)
+        except zlib.error:
+            pass
+    return f"(the provider's error body in encoding {encoding!r} was removed)".encode()

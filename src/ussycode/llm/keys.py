@@ -64,8 +64,14 @@ def _read_or_create(path: Path) -> bytes:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        # Another caller created it between the read and here: use theirs.
-        return path.read_text().strip().encode()
+        # The file is empty, or another caller created it between the read and here.
+        text = path.read_text().strip()
+        if not text:
+            raise RuntimeFailure(
+                f"the LLM secret file {path} is empty: restore it from a backup, or delete it to"
+                " generate a new one (stored keys must then be set again), or set --llm-secret"
+            ) from None
+        return text.encode()
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
     log.info("generated a new LLM secret in %s", path)

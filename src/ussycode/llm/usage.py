@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 MAX_JSON_BODY_BYTES = 16 * 1024 * 1024
 MAX_EVENT_LINE_BYTES = 4 * 1024 * 1024
+# The end of a body over `MAX_JSON_BODY_BYTES` that is kept to find its `usage`, which providers
+# put last (such as after a large `logprobs` list).
+TAIL_BYTES = 64 * 1024
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*')
 INPUT_FIELDS = ("prompt_tokens", "input_tokens")
 CACHE_FIELDS = ("cache_creation_input_tokens", "cache_read_input_tokens")
 OUTPUT_FIELDS = ("completion_tokens", "output_tokens")
@@ -69,7 +74,8 @@ class UsageMeter:
     """Reads token counts from a response body fed to it in arbitrary pieces.
 
     A server-sent event stream is parsed line by line as it arrives. Any other body is kept, up
-    to `MAX_JSON_BODY_BYTES`, and parsed as JSON at the end. Malformed data only means no count.
+    to `MAX_JSON_BODY_BYTES`, and parsed as JSON at the end; of a larger one only the last
+    `TAIL_BYTES` are kept, and its last `usage` object is read. Malformed data only means no count.
     """
 
     def __init__(self, *, event_stream: bool) -> None:
@@ -79,6 +85,10 @@ class UsageMeter:
         self._overflow = False
 
     def feed(self, chunk: bytes) -> None:
+        if self._overflow and not self.event_stream:
+            self._buffer += chunk
+            del self._buffer[:-TAIL_BYTES]
+            return
         if self._overflow:
             if self.event_stream and b"\n" in chunk:
                 # Resume at the next line after a line that was too long.
@@ -89,7 +99,7 @@ class UsageMeter:
         self._buffer += chunk
         if not self.event_stream:
             if len(self._buffer) > MAX_JSON_BODY_BYTES:
-                self._buffer.clear()
+                del self._buffer[:-TAIL_BYTES]
                 self._overflow = True
             return
         *lines, rest = self._buffer.split(b"\n")
@@ -103,6 +113,9 @@ class UsageMeter:
     def finish(self) -> TokenCount:
         """Parse what is left and return the counts."""
         if self._overflow:
+            if not self.event_stream:
+                self._read_tail(bytes(self._buffer))
+            self._buffer.clear()
             return self.count
         if self.event_stream:
             self._read_line(bytes(self._buffer))
@@ -111,6 +124,16 @@ class UsageMeter:
                 apply_document(self.count, json.loads(self._buffer))
         self._buffer.clear()
         return self.count
+
+    def _read_tail(self, tail: bytes) -> None:
+        """Read the last `"usage": {...}` of a body too large to parse whole."""
+        matches = list(_USAGE_KEY.finditer(tail))
+        if not matches:
+            return
+        text = tail[matches[-1].end() :].decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            usage, _ = json.JSONDecoder().raw_decode(text)
+            apply_usage(self.count, usage)
 
     def _read_line(self, line: bytes) -> None:
         line = line.rstrip(b"\r")

@@ -144,6 +144,7 @@ async def gateway_stack(
         yield Stack(store, cfg, gateway, standin, standin_url, url, alice, bob, vms[0], vms[1])
     finally:
         standin.release.set()
+        standin.usage_release.set()
         await runner.cleanup()
         await gateway.close()
         await standin_runner.cleanup()

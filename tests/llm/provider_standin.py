@@ -42,6 +42,9 @@ class Standin:
         if not gated:
             self.release.set()
         self.sent_last = False
+        # Set by default; a test clears it to hold a stream before its final usage event.
+        self.usage_release = asyncio.Event()
+        self.usage_release.set()
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -103,14 +106,18 @@ class Standin:
             return response
         return web.Response(status=401, text=body, content_type="application/json")
 
-    async def _events(self, request: web.Request, events: list[bytes]) -> web.StreamResponse:
+    async def _events(self, request: web.Request, events: list[bytes], usage_at: int) -> web.StreamResponse:
+        """Send `events`, waiting for `release` after the first and for `usage_release` before
+        the one at `usage_at`, which carries the final usage."""
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
         await response.write(events[0])
         await asyncio.wait_for(self.release.wait(), 30)
-        for event in events[1:]:
+        for index, event in enumerate(events[1:], start=1):
+            if index == usage_at:
+                await asyncio.wait_for(self.usage_release.wait(), 30)
             await response.write(event)
         self.sent_last = True
         await response.write_eof()
@@ -131,12 +138,13 @@ class Standin:
         for word in (FIRST_WORD, " from", " the stand-in"):
             chunk = {"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"content": word}}], "usage": None}
             events.append(f"data: {json.dumps(chunk)}\n\n".encode())
+        usage_at = len(events)
         options = body.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
             last = {"id": "chatcmpl-1", "choices": [], "usage": OPENAI_USAGE}
             events.append(f"data: {json.dumps(last)}\n\n".encode())
         events.append(b"data: [DONE]\n\n")
-        return await self._events(request, events)
+        return await self._events(request, events, usage_at)
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
@@ -173,7 +181,7 @@ class Standin:
             ),
             event("message_stop", {}),
         ]
-        return await self._events(request, events)
+        return await self._events(request, events, usage_at=3)
 
 
 def main() -> None:

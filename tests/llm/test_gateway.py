@@ -19,6 +19,7 @@ from tests.llm.provider_standin import (
     FIRST_WORD,
     OPENAI_USAGE,
 )
+from ussycode.llm import gateway as gateway_module
 from ussycode.llm.gateway import REDACTED
 from ussycode.llm.keys import KeyVault
 from ussycode.store.llm import LLMStore
@@ -442,32 +443,77 @@ def test_gateway_error_body_shape(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
-def test_gateway_client_leaves_mid_stream(tmp_path: Path) -> None:
+async def leave_mid_stream(stack: Stack, caplog: pytest.LogCaptureFixture, provider: str) -> None:
+    """Read the first event of a stream from alice's VM and close; return once the gateway has
+    noticed, with the stand-in holding the stream before its final usage event."""
+    stack.standin.usage_release.clear()
+    if provider == "openai":
+        url, body, headers = f"{stack.url}/gateway/llm/openai/v1/chat/completions", CHAT, {}
+    else:
+        url, body = f"{stack.url}/gateway/llm/anthropic/v1/messages", MESSAGE
+        headers = {"anthropic-version": "2023-06-01"}
+    async with stack.session(ALICE_IP) as client:
+        response = await client.post(url, json={**body, "stream": True}, headers=headers)
+        await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
+        response.close()
+    stack.standin.release.set()
+    for _ in range(200):
+        if "client closed the stream" in caplog.text:
+            break
+        await asyncio.sleep(0.025)
+    assert "client closed the stream" in caplog.text
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_gateway_client_leaves_mid_stream(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, provider: str
+) -> None:
+    # A VM that leaves before the final usage event is still charged the provider's count.
+    caplog.set_level(logging.INFO, logger="ussycode.llm.gateway")
+    expected = {
+        "openai": ("openai", "platform", 1, OPENAI_USAGE["prompt_tokens"], OPENAI_USAGE["completion_tokens"]),
+        "anthropic": ("anthropic", "platform", 1, ANTHROPIC_INPUT + ANTHROPIC_CACHE_READ, ANTHROPIC_OUTPUT),
+    }[provider]
+
     async def scenario() -> None:
-        async with gateway_stack(tmp_path, {"USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI}, gated=True) as stack:
-            url = f"{stack.url}/gateway/llm/openai/v1/chat/completions"
-            async with stack.session(ALICE_IP) as client:
-                response = await client.post(url, json={**CHAT, "stream": True})
-                await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
-                response.close()
-            stack.standin.release.set()
-
-            # The usage chunk is counted if it arrived before the gateway noticed the client left.
-            def counted() -> bool:
-                return usage_rows(stack, stack.alice.id) in (
-                    [("openai", "platform", 1, 0, 0)],
-                    [("openai", "platform", 1, 11, 7)],
-                )
-
-            for _ in range(100):
-                if counted():
+        environ = {
+            "USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI,
+            "USSYCODE_LLM_ANTHROPIC_KEY": PLATFORM_ANTHROPIC,
+        }
+        async with gateway_stack(tmp_path, environ, gated=True) as stack:
+            await leave_mid_stream(stack, caplog, provider)
+            stack.standin.usage_release.set()
+            for _ in range(200):
+                if usage_rows(stack, stack.alice.id) == [expected]:
                     break
-                await asyncio.sleep(0.05)
-            assert counted(), usage_rows(stack, stack.alice.id)
+                await asyncio.sleep(0.025)
+            assert usage_rows(stack, stack.alice.id) == [expected]
 
             # The gateway goes on serving.
             reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
             assert reply.status == 200
+
+    asyncio.run(scenario())
+
+
+def test_gateway_left_stream_without_usage_is_estimated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The final usage never comes within the drain time: an estimate is charged, not 0.
+    caplog.set_level(logging.INFO, logger="ussycode.llm.gateway")
+    monkeypatch.setattr(gateway_module, "DRAIN_SECONDS", 0.5)
+
+    async def scenario() -> None:
+        async with gateway_stack(tmp_path, {"USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI}, gated=True) as stack:
+            await leave_mid_stream(stack, caplog, "openai")
+            for _ in range(200):
+                if usage_rows(stack, stack.alice.id):
+                    break
+                await asyncio.sleep(0.025)
+            [(name, source, requests, input_tokens, output_tokens)] = usage_rows(stack, stack.alice.id)
+            assert (name, source, requests) == ("openai", "platform", 1)
+            assert input_tokens >= 10
+            assert output_tokens >= 50
 
     asyncio.run(scenario())
 

@@ -18,6 +18,7 @@ chunk while their usage fields are read.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -56,6 +57,12 @@ READ_TIMEOUT_SECONDS = 600.0
 REDACTED = "[redacted]"
 # Upstream connections open at once, over all VMs; a stream holds one for its whole length.
 MAX_UPSTREAM_CONNECTIONS = 512
+# When a VM leaves in the middle of a stream, the rest is read (not forwarded) for up to this
+# long and this many bytes, so the usage in its last event is counted.
+DRAIN_SECONDS = 60.0
+MAX_DRAIN_BYTES = 4 * 1024 * 1024
+# Bytes per token of the estimate charged when a left stream's usage never arrives.
+BYTES_PER_TOKEN = 4
 
 # Request headers never forwarded: credentials the VM may send, hop-by-hop headers, and headers
 # that aiohttp sets itself.
@@ -319,6 +326,8 @@ class LLMGateway:
         url = URL(f"{route.base_url}/{path}" + (f"?{query}" if query else ""), encoded=True)
         day = utc_day()
         meter: UsageMeter | None = None
+        # The meter of a stream that the VM left and whose end was not read: it is charged an estimate.
+        unfinished: UsageMeter | None = None
         status = 0
         try:
             async with self._client().request(
@@ -345,11 +354,13 @@ class LLMGateway:
                 except ConnectionResetError:
                     # aiohttp's ClientConnectionResetError: the VM closed the connection mid-stream.
                     log.info(
-                        "vm=%s user=%s llm provider=%s client closed the stream",
+                        "vm=%s user=%s llm provider=%s client closed the stream; reading its usage",
                         vm.name,
                         owner.handle,
                         provider.name,
                     )
+                    if not await self._drain(upstream, meter):
+                        unfinished = meter
                     return response
                 await response.write_eof()
                 return response
@@ -379,6 +390,12 @@ class LLMGateway:
             )
         finally:
             tokens = meter.finish() if meter is not None else None
+            if tokens is not None and unfinished is not None:
+                # NOTE: an estimate, since the provider's usage never came: a token per
+                # `BYTES_PER_TOKEN` bytes of the request and of the response read, or the counts
+                # seen so far where larger.
+                tokens.input_tokens = max(tokens.input_tokens, len(body) // BYTES_PER_TOKEN)
+                tokens.output_tokens = max(tokens.output_tokens, unfinished.bytes_read // BYTES_PER_TOKEN)
             self.usage.add(
                 owner.id,
                 provider.name,
@@ -398,6 +415,24 @@ class LLMGateway:
                 tokens.input_tokens if tokens else 0,
                 tokens.output_tokens if tokens else 0,
             )
+
+    @staticmethod
+    async def _drain(upstream: aiohttp.ClientResponse, meter: UsageMeter) -> bool:
+        """Read the rest of a stream that the VM left into `meter`, without forwarding it.
+
+        Return whether it ended within `DRAIN_SECONDS` and `MAX_DRAIN_BYTES`.
+        """
+        drained = 0
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for chunk in upstream.content.iter_any():
+                    meter.feed(chunk)
+                    drained += len(chunk)
+                    if drained > MAX_DRAIN_BYTES:
+                        return False
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+        return True
 
     async def _error_passthrough(self, upstream: aiohttp.ClientResponse, route: Route) -> web.Response:
         """Return the provider's error response with the key removed, should the body or a header echo it."""

@@ -83,8 +83,10 @@ class UsageMeter:
         self.count = TokenCount()
         self._buffer = bytearray()
         self._overflow = False
+        self.bytes_read = 0
 
     def feed(self, chunk: bytes) -> None:
+        self.bytes_read += len(chunk)
         if self._overflow and not self.event_stream:
             self._buffer += chunk
             del self._buffer[:-TAIL_BYTES]

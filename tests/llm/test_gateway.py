@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.framework import openapi
@@ -576,5 +577,69 @@ def test_gateway_echoed_key_redacted(tmp_path: Path, form: str) -> None:
                 assert document["error"]["message"] == f"Incorrect API key provided: Bearer {REDACTED}"
             else:
                 assert reply.headers["X-Debug"] == f"Bearer {REDACTED}"
+
+    asyncio.run(scenario())
+
+
+async def open_stream(stack: Stack, client: aiohttp.ClientSession) -> aiohttp.ClientResponse:
+    """Start a stream that the gated stand-in holds open after its first event."""
+    url = f"{stack.url}/gateway/llm/openai/v1/chat/completions"
+    response = await client.post(url, json={**CHAT, "stream": True})
+    assert response.status == 200
+    await asyncio.wait_for(response.content.readuntil(b"\n\n"), 10)
+    return response
+
+
+def test_gateway_pool_wait_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Bob's stream holds the only upstream connection: alice gets a clear error, not a wait without end.
+    monkeypatch.setattr(gateway_module, "MAX_UPSTREAM_CONNECTIONS", 1)
+    monkeypatch.setattr(gateway_module, "CONNECT_TIMEOUT_SECONDS", 0.5)
+
+    async def scenario() -> None:
+        async with gateway_stack(tmp_path, {"USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI}, gated=True) as stack:
+            async with stack.session(BOB_IP) as client:
+                stream = await open_stream(stack, client)
+                reply = await asyncio.wait_for(
+                    stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT), 10
+                )
+                assert reply.status == 503
+                error = openai_error(reply)
+                assert "connections are all in use" in str(error["message"])
+                stack.standin.release.set()
+                await asyncio.wait_for(stream.read(), 10)
+            reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
+            assert reply.status == 200
+
+    asyncio.run(scenario())
+
+
+def test_gateway_open_requests_per_user_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway_module, "MAX_USER_UPSTREAM_REQUESTS", 2)
+
+    async def scenario() -> None:
+        environ = {
+            "USSYCODE_LLM_OPENAI_KEY": PLATFORM_OPENAI,
+            "USSYCODE_LLM_ANTHROPIC_KEY": PLATFORM_ANTHROPIC,
+        }
+        async with gateway_stack(tmp_path, environ, gated=True) as stack:
+            async with stack.session(ALICE_IP) as client:
+                streams = [await open_stream(stack, client) for _ in range(2)]
+                headers = {"anthropic-version": "2023-06-01"}
+                reply = await stack.request(ALICE_IP, "anthropic", "v1/messages", MESSAGE, headers=headers)
+                assert reply.status == 429
+                error = anthropic_error(reply)
+                assert error["type"] == "rate_limit_error"
+                assert "2 LLM requests of user alice are open already" in str(error["message"])
+                reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
+                assert reply.status == 429
+                assert openai_error(reply)["code"] == "rate_limit_exceeded"
+                # Other users are not held up.
+                reply = await stack.request(BOB_IP, "openai", "v1/chat/completions", CHAT)
+                assert reply.status == 200
+                stack.standin.release.set()
+                for stream in streams:
+                    await asyncio.wait_for(stream.read(), 10)
+            reply = await stack.request(ALICE_IP, "openai", "v1/chat/completions", CHAT)
+            assert reply.status == 200
 
     asyncio.run(scenario())

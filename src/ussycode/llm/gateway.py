@@ -11,6 +11,10 @@ used. Keys are chosen in this order:
 3. `routussy`: with `--llm-routussy yes`, OpenAI-style requests go to Routussy with the owner's
    key fingerprint as the bearer token, at their tier's requests per minute. Routussy bills.
 
+A user has at most `MAX_USER_UPSTREAM_REQUESTS` requests open at once, and a request that gets
+no upstream connection within `CONNECT_TIMEOUT_SECONDS` fails with 503, so that one user's
+streams cannot hold every connection of the shared pool while others wait.
+
 Client auth headers are removed before forwarding, so nothing a VM sends reaches the provider
 as a credential, and no key is logged or sent back. Response bodies stream through chunk by
 chunk while their usage fields are read.
@@ -51,12 +55,16 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # Error bodies are read whole (up to this size) so a key echoed in them can be removed.
 MAX_ERROR_BODY_BYTES = 1024 * 1024
+# Bounds both the wait for a free connection of the shared pool and the TCP and TLS connect.
 CONNECT_TIMEOUT_SECONDS = 15.0
 # A model may think for minutes before its first token.
 READ_TIMEOUT_SECONDS = 600.0
 REDACTED = "[redacted]"
 # Upstream connections open at once, over all VMs; a stream holds one for its whole length.
 MAX_UPSTREAM_CONNECTIONS = 512
+# Upstream requests open at once for one user, over all their VMs, so that one user cannot take
+# all of the connections above.
+MAX_USER_UPSTREAM_REQUESTS = 8
 # When a VM leaves in the middle of a stream, the rest is read (not forwarded) for up to this
 # long and this many bytes, so the usage in its last event is counted.
 DRAIN_SECONDS = 60.0
@@ -137,6 +145,8 @@ class LLMGateway:
         self._vault: KeyVault | None = None
         self._limiters: dict[int, RateLimiter] = {}
         self._session: aiohttp.ClientSession | None = None
+        # Upstream requests open now, by user id.
+        self._open: dict[int, int] = {}
 
     @property
     def vault(self) -> KeyVault:
@@ -156,7 +166,10 @@ class LLMGateway:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=CONNECT_TIMEOUT_SECONDS, sock_read=READ_TIMEOUT_SECONDS
+                total=None,
+                connect=CONNECT_TIMEOUT_SECONDS,
+                sock_connect=CONNECT_TIMEOUT_SECONDS,
+                sock_read=READ_TIMEOUT_SECONDS,
             )
             connector = aiohttp.TCPConnector(limit=MAX_UPSTREAM_CONNECTIONS)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
@@ -189,6 +202,7 @@ class LLMGateway:
         try:
             route = self._route(provider, owner)
             body = await self._read_body(request)
+            self._check_open(owner)
         except Rejection as rejection:
             log.info(
                 "vm=%s user=%s llm provider=%s rejected: %s", vm.name, owner.handle, name, rejection.message
@@ -197,7 +211,24 @@ class LLMGateway:
                 style, rejection.status, rejection.kind, rejection.message, rejection.headers
             )
         body = self._with_stream_usage(provider, request.match_info["path"], body)
-        return await self._forward(request, vm=vm, owner=owner, provider=provider, route=route, body=body)
+        self._open[owner.id] = self._open.get(owner.id, 0) + 1
+        try:
+            return await self._forward(request, vm=vm, owner=owner, provider=provider, route=route, body=body)
+        finally:
+            self._open[owner.id] -= 1
+            if not self._open[owner.id]:
+                del self._open[owner.id]
+
+    def _check_open(self, owner: User) -> None:
+        """:raise Rejection: the owner has `MAX_USER_UPSTREAM_REQUESTS` requests open already."""
+        if self._open.get(owner.id, 0) >= MAX_USER_UPSTREAM_REQUESTS:
+            raise Rejection(
+                429,
+                "rate_limit",
+                f"{MAX_USER_UPSTREAM_REQUESTS} LLM requests of user {owner.handle} are open already, the"
+                " most allowed at once: wait for one to end, then retry",
+                {"Retry-After": "1"},
+            )
 
     # Choosing the key, and the limits that go with it.
 
@@ -382,6 +413,16 @@ class LLMGateway:
                 provider.name,
                 type(exc).__name__,
             )
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                return error_response(
+                    provider.style,
+                    503,
+                    "upstream",
+                    f"no connection to {provider.name} at {route.base_url} within"
+                    f" {CONNECT_TIMEOUT_SECONDS:g} s: the provider is slow to answer, or the gateway's"
+                    " connections are all in use; try again later",
+                    {"Retry-After": "5"},
+                )
             return error_response(
                 provider.style,
                 502,

@@ -61,3 +61,22 @@ def test_llm_key_swapped_arguments_keep_key_out(
 def test_llm_key_unknown_provider_named(services: tuple[Services, User]) -> None:
     outcome = run(*services, "llm-key set gemini abcdefghij")
     assert outcome.stderr.startswith("error: unknown LLM provider 'gemini': expected one of anthropic,")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (f"llm-key set openai - {KEY}", "unexpected extra arguments"),
+        (f"llm-key list {KEY}", "unexpected extra arguments"),
+        (f"llm-key {KEY}", "invalid choice"),
+    ],
+)
+def test_llm_key_parse_errors_keep_key_out(
+    services: tuple[Services, User], line: str, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # argparse repeats what it did not expect, and the dispatcher logs the error.
+    caplog.set_level(logging.DEBUG)
+    outcome = run(*services, line)
+    assert outcome.status == 1
+    assert message in outcome.stderr
+    assert KEY[:12] not in caplog.text + outcome.stdout + outcome.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, runtime_checkable
@@ -91,10 +92,23 @@ class CommandContext:
     width: int | None = None
 
 
+def without_values(message: str) -> str:
+    """Return an argparse error message without the argument values it repeats."""
+    if message.startswith("unrecognized arguments:"):
+        return "unexpected extra arguments"
+    return re.sub(r"invalid choice: .*? \(choose from", "invalid choice (choose from", message, flags=re.S)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """An argparse parser that raises `InvalidInput` instead of printing and exiting."""
 
+    # A command whose arguments may hold a secret sets this, so errors (which are logged) do not
+    # repeat the arguments.
+    hides_values = False
+
     def error(self, message: str) -> NoReturn:
+        if self.hides_values:
+            message = without_values(message)
         raise InvalidInput(f'{self.prog}: {message}; run "{self.prog} --help" for usage')
 
     def exit(self, status: int = 0, message: str | None = None) -> NoReturn:
@@ -132,6 +146,8 @@ class Command:
     arguments: Callable[[ArgumentParser], None] = lambda parser: None
     examples: list[str] = field(default_factory=list)
     subcommands: tuple[str, ...] = ()
+    # The arguments may hold a secret: parse errors do not repeat them.
+    secret_arguments: bool = False
 
     def permission_name(self, argv: list[str]) -> str:
         """Return the name a token's `cmds` must list to run `argv`, e.g. "ssh-key list"."""
@@ -148,6 +164,7 @@ class Command:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog=("examples:\n  " + "\n  ".join(self.examples)) if self.examples else None,
         )
+        parser.hides_values = self.secret_arguments
         parser.add_argument("--help", "-h", action="store_true", help="show this help")
         parser.add_argument("--json", action="store_true", help="print one JSON document")
         self.arguments(parser)

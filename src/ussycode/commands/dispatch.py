@@ -25,7 +25,7 @@ from ussycode.commands import (
     tutorial,
     vm,
 )
-from ussycode.commands.base import Command, CommandContext
+from ussycode.commands.base import Command, CommandContext, without_values
 from ussycode.errors import (
     Conflict,
     InvalidInput,
@@ -192,7 +192,8 @@ async def execute(ctx: CommandContext, argv: list[str]) -> Outcome:
             args = None if wants_help else parser.parse_args(argv[1:])
         except argparse.ArgumentError as exc:
             # The parser has exit_on_error=False, so an invalid choice raises instead of calling error().
-            raise InvalidInput(f'{command.name}: {exc}; run "{command.name} --help" for usage') from exc
+            message = without_values(str(exc)) if command.secret_arguments else str(exc)
+            raise InvalidInput(f'{command.name}: {message}; run "{command.name} --help" for usage') from exc
         if args is None or args.help:
             usage, text = command.help_for(_help_action(command, argv))
             if json_output:

@@ -172,6 +172,7 @@ COMMANDS = [
         group="llm",
         arguments=_llm_key_arguments,
         subcommands=("set", "list", "remove"),
+        secret_arguments=True,
         examples=[
             "llm-key set openai - < key.txt",
             "llm-key list",

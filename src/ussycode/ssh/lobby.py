@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 
 import asyncssh
 
 from ussycode.commands import tutorial
 from ussycode.commands.base import CommandContext, GuestConnector, Services
-from ussycode.commands.dispatch import REGISTRY, Outcome, execute, split_line
+from ussycode.commands.dispatch import REGISTRY, Outcome, edit_distance, execute, split_line
 from ussycode.commands.docs import topics
 from ussycode.errors import InvalidInput, RuntimeFailure, UssycodeError
 from ussycode.ssh.attach import GuestAttachment
@@ -31,11 +34,43 @@ PROMPT = "ussy> "
 MAX_LINE_BYTES = 16 * 1024
 # Lines with a token or an LLM key are left out of the stored history: it is kept in plain text.
 SECRET_MARKERS = ("usy0.", "usy1.", "llm-key")
+# A first word this close to llm-key (a typo of it) also keeps the line out.
+SECRET_COMMAND_DISTANCE = 2
+# Words that start like a provider's API key.
+KEY_PREFIXES = ("sk-", "sk_", "fw_", "gsk_", "xai-", "AIza", "hf_", "pplx-")
+# Other words this long, of letters, digits, - and _ only, with letters and digits, and at least
+# this many bits of Shannon entropy per character, look like a key or token too.
+KEY_MIN_CHARS = 24
+KEY_MIN_ENTROPY_BITS = 3.5
+_KEY_WORD = re.compile(r"[A-Za-z0-9_-]+")
 DEFAULT_WIDTH = 80
 INPUT_END = "."
 
 # Returns the connection's user. For a new key it registers one and, on a terminal, prompts for a handle.
 UserResolver = Callable[["LobbySession"], Awaitable[User]]
+
+
+def looks_like_key(word: str) -> bool:
+    """Return whether `word` looks like an API key or token: a known prefix, or long and random."""
+    if word.startswith(KEY_PREFIXES) and len(word) >= 12:
+        return True
+    if len(word) < KEY_MIN_CHARS or not _KEY_WORD.fullmatch(word):
+        return False
+    if not any(char.isdigit() for char in word) or not any(char.isalpha() for char in word):
+        return False
+    counts = Counter(word)
+    entropy = -sum(n / len(word) * math.log2(n / len(word)) for n in counts.values())
+    return entropy >= KEY_MIN_ENTROPY_BITS
+
+
+def secret_line(line: str) -> bool:
+    """Return whether a REPL line may hold a secret, and so must stay out of the stored history."""
+    if any(marker in line for marker in SECRET_MARKERS):
+        return True
+    words = line.split()
+    if words and edit_distance(words[0], "llm-key") <= SECRET_COMMAND_DISTANCE:
+        return True
+    return any(looks_like_key(word.strip("'\"")) for word in words)
 
 
 class LobbySession(asyncssh.SSHServerSession[bytes]):
@@ -334,7 +369,7 @@ class LobbySession(asyncssh.SSHServerSession[bytes]):
         return completion.start, completion.candidates
 
     def _remember(self, user: User, line: str) -> None:
-        if any(marker in line for marker in SECRET_MARKERS):
+        if secret_line(line):
             return
         try:
             HistoryStore(self.services.store).add_line(user.id, line)

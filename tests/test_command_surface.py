@@ -80,6 +80,8 @@ def surface(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
         bob = platform.make_user("bob")
         assert platform.ssh(bob, "whoami").status == 0
         assert platform.ssh(alice, "whoami").status == 0
+        # The terminal tests expect a shell at login, not the coding agent (tests/vm/test_agents.py).
+        assert platform.ssh(alice, "settings agent-on-login off").status == 0
         names = [n for c in REGISTRY.values() for n in (c.name, *(f"{c.name} {a}" for a in c.subcommands))]
         token = sign_usy0(alice.key, {"cmds": names}, NAMESPACE)
         yield Surface(platform, alice, bob, token)
@@ -255,7 +257,7 @@ def test_errors_with_a_vm(surface: Surface) -> None:
         surface,
         "new --disk 1G",
         "invalid_input",
-        "--disk 1G is smaller than the image ussyuntu (2G): choose at least 2G",
+        "--disk 1G is smaller than the image ussyuntu (3G): choose at least 3G",
     )
     expect_error(surface, f"rename {VM} {VM}", "invalid_input", f'vm "{VM}" already has that name')
     expect_error(

@@ -52,6 +52,12 @@ def test_tokens_random_and_hashed() -> None:
     assert len(hash_token(token)) == 64
 
 
+def test_tokens_never_start_with_dash() -> None:
+    # One token in 64 would start with "-" and read as an option in `share remove-link VM TOKEN`;
+    # 3000 tokens all pass only if none can (else about 1 in 10^20).
+    assert not any(new_token().startswith("-") for _ in range(3000))
+
+
 def test_login_link_url_and_storage(world: World, logins: Logins) -> None:
     link = logins.create_login_link(world.alice)
     assert link.url == f"https://ussy.localhost/__ussycode/login?token={link.token}"

@@ -12,8 +12,15 @@ TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 
 def new_token() -> str:
-    """Return a new random token of 256 bits, safe in URLs and cookies."""
-    return secrets.token_urlsafe(TOKEN_BYTES)
+    """Return a new random token of 256 bits, safe in URLs and cookies.
+
+    A token never starts with "-": users pass tokens as command arguments (`share remove-link VM
+    TOKEN`), where a leading dash reads as an option.
+    """
+    while True:
+        token = secrets.token_urlsafe(TOKEN_BYTES)
+        if not token.startswith("-"):
+            return token
 
 
 def hash_token(token: str) -> str:

@@ -71,6 +71,7 @@ def test_config_precedence_flag_env_file(tmp_path: Path) -> None:
         (["--pool-size", "-1"], "--pool-size"),
         (["--pool-size", "two"], "--pool-size"),
         (["--pool-max", "-3"], "--pool-max"),
+        (["--pool-max", "9" * 25], "must be at most 64"),
         (["--pool-size", "4", "--pool-max", "3"], "must be at least --pool-size (4)"),
         (["--memory-reserve", "much"], "--memory-reserve"),
     ],

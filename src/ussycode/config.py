@@ -111,6 +111,17 @@ def _check_non_negative_int(text: str) -> int:
     return value
 
 
+# The warm pool boots its VMs one at a time; more than this many idle VMs is a typo, not a plan.
+MAX_POOL_VMS = 64
+
+
+def _check_pool_count(text: str) -> int:
+    value = _check_non_negative_int(text)
+    if value > MAX_POOL_VMS:
+        raise ValueError(f"must be at most {MAX_POOL_VMS}")
+    return value
+
+
 def _check_non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -460,13 +471,13 @@ SETTINGS: tuple[Setting, ...] = (
         "pool_size",
         "1",
         "booted VMs of the default image kept ready for new; 0 turns the warm pool off",
-        _check_non_negative_int,
+        _check_pool_count,
     ),
     Setting(
         "pool_max",
         "3",
         "most VMs the warm pool grows to while new is in demand (at least --pool-size)",
-        _check_non_negative_int,
+        _check_pool_count,
     ),
     Setting(
         "memory_reserve",

@@ -249,11 +249,7 @@ class VMManager:
                 return pooled
         async with self._create_lock:
             # A taken name is the more specific error, so it is reported before any limit.
-            if name is None:
-                name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
-            check_vm_name(name)
-            if self.store.find_vm(name) is not None:
-                raise Conflict(f'a VM named "{name}" already exists: choose another name')
+            name = self._free_name(name)
             quota.check_new(
                 self.store,
                 self.config,
@@ -300,6 +296,19 @@ class VMManager:
             except BaseException as exc:
                 await self._discard_new(vm, owner, exc)
                 raise
+
+    def _free_name(self, name: str | None) -> str:
+        """Return `name`, or a generated one if None, once it is valid and no VM has it.
+
+        :raise InvalidInput: the name is not a valid VM name.
+        :raise Conflict: a VM has that name.
+        """
+        if name is None:
+            return generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
+        check_vm_name(name)
+        if self.store.find_vm(name) is not None:
+            raise Conflict(f'a VM named "{name}" already exists: choose another name')
+        return name
 
     async def _discard_new(self, vm: VM, owner: User, exc: BaseException) -> None:
         """Remove a VM whose creation or copy failed or was cancelled."""
@@ -1111,11 +1120,7 @@ class VMManager:
         :raise QuotaExceeded, PermissionDenied: as for `create`.
         """
         async with self._create_lock:
-            if name is None:
-                name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
-            check_vm_name(name)
-            if self.store.find_vm(name) is not None:
-                raise Conflict(f'a VM named "{name}" already exists: choose another name')
+            name = self._free_name(name)
             quota.check_new(
                 self.store, self.config, owner, cpus=vm.cpus, memory_mb=vm.memory_mb, disk_bytes=vm.disk_bytes
             )

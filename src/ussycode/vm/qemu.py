@@ -178,11 +178,19 @@ class QemuRuntime:
         if running is not None:
             raise Conflict(f'vm "{spec.name}" is already running (pid {running}): stop it first')
         argv = self.command(spec)
+        log.info("vm=%s starting qemu (%s)", spec.name, self.accel)
+        pid = await self._launch(spec, argv, "start")
+        log.info("vm=%s qemu running pid=%d", spec.name, pid)
+        return pid
+
+    async def _launch(self, spec: VMSpec, argv: list[str], action: str) -> int:
+        """Run the daemonizing QEMU command `argv`, record it in the run directory, return the PID.
+
+        :raise RuntimeFailure: QEMU exited with an error or did not daemonize in time.
+        """
         run_dir = self._prepare_run_dir(spec)
         command_text = shlex.join(argv)
         (run_dir / CMDLINE_FILE).write_text(command_text + "\n")
-
-        log.info("vm=%s starting qemu (%s)", spec.name, self.accel)
         log.debug("vm=%s command line: %s", spec.name, command_text)
         try:
             result = await proc.run(argv, check=False, timeout=START_TIMEOUT)
@@ -193,15 +201,12 @@ class QemuRuntime:
         if result.returncode != 0:
             output = (result.stderr or result.stdout).strip()[-proc.OUTPUT_TAIL_CHARS :]
             raise RuntimeFailure(
-                f'qemu failed to start vm "{spec.name}" with exit code {result.returncode}:'
+                f'qemu failed to {action} vm "{spec.name}" with exit code {result.returncode}:'
                 f" {output or '(no output)'}\ncommand line: {command_text}",
                 output=output,
                 returncode=result.returncode,
             )
-
-        pid = await self._wait_for_pid(spec)
-        log.info("vm=%s qemu running pid=%d", spec.name, pid)
-        return pid
+        return await self._wait_for_pid(spec)
 
     def _prepare_run_dir(self, spec: VMSpec) -> Path:
         for path, what in ((spec.disk, "disk"), (spec.kernel, "kernel"), (spec.initrd, "initrd")):
@@ -487,25 +492,8 @@ class QemuRuntime:
         await qmp_execute(self._qmp_socket(spec), "cont")
 
     async def _start_incoming(self, spec: VMSpec, argv: list[str], timeout: float) -> int:
-        self._prepare_run_dir(spec)
-        command_text = shlex.join(argv)
-        (spec.run_dir.absolute() / CMDLINE_FILE).write_text(command_text + "\n")
         log.info("vm=%s restoring qemu from its saved state", spec.name)
-        log.debug("vm=%s command line: %s", spec.name, command_text)
-        try:
-            result = await proc.run(argv, check=False, timeout=START_TIMEOUT)
-        except RuntimeFailure:
-            self._kill_leftover(spec)
-            raise
-        if result.returncode != 0:
-            output = (result.stderr or result.stdout).strip()[-proc.OUTPUT_TAIL_CHARS :]
-            raise RuntimeFailure(
-                f'qemu failed to restore vm "{spec.name}" with exit code {result.returncode}:'
-                f" {output or '(no output)'}",
-                output=output,
-                returncode=result.returncode,
-            )
-        pid = await self._wait_for_pid(spec)
+        pid = await self._launch(spec, argv, "restore")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:

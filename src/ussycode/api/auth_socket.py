@@ -108,7 +108,7 @@ class _Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._skip = 0  # body bytes of the current request still to discard
         self._transport: asyncio.Transport | None = None
-        # A request whose VM is being woken; later requests wait in the buffer until it is answered.
+        # A request whose VM is being woken. Later requests wait in the buffer until its reply is sent.
         self._waking: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,7 +175,7 @@ class _Connection(asyncio.Protocol):
         try:
             decision = forward_auth.decision(hosts[0], headers)
             if decision.verdict is Verdict.ALLOW and forward_auth.wake_needed(decision):
-                # Answered once the VM runs; reading stops so that replies keep their order.
+                # The reply is sent once the VM runs. Reading stops meanwhile, so replies keep their order.
                 self._transport.pause_reading()
                 self._waking = asyncio.create_task(
                     self._answer_after_wake(decision, headers, method, keep_alive)

@@ -36,8 +36,8 @@ WAKE_RETRY_AFTER = 30
 # Called with the VM's name when a request to it is allowed: records the request as use of the VM
 # and returns whether the VM must be woken (resumed) before the request passes.
 RequestHook = Callable[[str], bool]
-# Called with the VM's name when it must be woken; returns None when the VM can take the request,
-# or a message saying why it cannot (such as a failed resume).
+# Called with the VM's name when it must be woken. It returns None when the VM can take the
+# request, else a message that says why not (such as a failed resume).
 AllowHook = Callable[[str], Awaitable[str | None]]
 
 

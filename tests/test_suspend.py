@@ -21,7 +21,16 @@ from ussycode.vm.state import VMState, check_transition
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30m", 1800), ("1h30m", 5400), ("90s", 90), ("2d", 172800), ("never", 0), (" NEVER ", 0), ("10s", 10)],
+    [
+        ("30m", 1800),
+        ("1h30m", 5400),
+        ("90s", 90),
+        ("2d", 172800),
+        ("never", 0),
+        (" NEVER ", 0),
+        ("10s", 10),
+        ("000000000000030m", 1800),
+    ],
 )
 def test_parse_idle_valid(text: str, seconds: int) -> None:
     assert parse_idle(text) == seconds
@@ -39,6 +48,9 @@ def test_parse_idle_valid(text: str, seconds: int) -> None:
         ("9s", 'invalid --idle "9s": choose between 10s and 30d, or "never"'),
         ("31d", 'invalid --idle "31d": choose between 10s and 30d'),
         ("always", 'invalid --idle "always"'),
+        ("\uff13\uff10m", 'invalid --idle "\uff13\uff10m": use a duration'),
+        ("\u0663\u0660m", 'invalid --idle "\u0663\u0660m": use a duration'),
+        ("1" * 5000 + "s", 'choose between 10s and 30d, or "never"'),
     ],
 )
 def test_parse_idle_invalid(text: str, fragment: str) -> None:

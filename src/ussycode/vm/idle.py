@@ -42,7 +42,11 @@ CHECK_INTERVAL_SECONDS = 5.0
 # below it under TCG (QEMU 7.2, 1 vCPU) in tests/vm/test_suspend.py; it was not measured closer.
 IDLE_CPU_PERCENT = 10.0
 
-_DURATION_RE = re.compile(r"(\d+)([smhd])")
+# ASCII digits only: \d would also take other scripts' digits, which int() reads.
+_DURATION_RE = re.compile(r"([0-9]+)([smhd])")
+# More digits than any count within MAX_IDLE_SECONDS needs; longer counts are out of range
+# without int(), which refuses strings of thousands of digits.
+_MAX_COUNT_DIGITS = 8
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TCP_ESTABLISHED = "01"
 _TCP_LISTEN = "0A"
@@ -63,8 +67,9 @@ def parse_idle(text: str, *, what: str = "--idle") -> int:
             f'invalid {what} "{text}": use a duration with units s, m, h or d, such as 30m or 1h30m,'
             f' or "{NEVER}"'
         )
-    seconds = sum(int(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-    if not MIN_IDLE_SECONDS <= seconds <= MAX_IDLE_SECONDS:
+    too_long = any(len(number.lstrip("0")) > _MAX_COUNT_DIGITS for number, _ in parts)
+    seconds = 0 if too_long else sum(int(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+    if too_long or not MIN_IDLE_SECONDS <= seconds <= MAX_IDLE_SECONDS:
         raise InvalidInput(
             f'invalid {what} "{text}": choose between {MIN_IDLE_SECONDS}s and {MAX_IDLE_SECONDS // 86400}d,'
             f' or "{NEVER}"'

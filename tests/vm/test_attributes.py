@@ -104,7 +104,8 @@ def test_agent_prompt_limits() -> None:
 
 
 @pytest.mark.parametrize(
-    ("char", "code"), [("\0", "0000"), ("\x1b", "001B"), ("\x7f", "007F"), ("\b", "0008")]
+    ("char", "code"),
+    [("\0", "0000"), ("\x1b", "001B"), ("\x7f", "007F"), ("\b", "0008"), ("\x9b", "009B"), ("\x85", "0085")],
 )
 def test_agent_prompt_control_characters(char: str, code: str) -> None:
     with pytest.raises(InvalidInput) as caught:

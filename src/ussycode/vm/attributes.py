@@ -119,7 +119,9 @@ def check_agent_prompt(prompt: str) -> str:
     if size > MAX_AGENT_PROMPT_BYTES:
         raise InvalidInput(f"--prompt is {size} bytes: the limit is {MAX_AGENT_PROMPT_BYTES} bytes (16 KiB)")
     for char in prompt:
-        if (ord(char) < 32 and char not in "\t\n\r") or ord(char) == 127:
+        # C0 controls other than tab and line breaks, DEL, and the C1 controls, among them
+        # U+009B, which some terminals read as the start of an escape sequence.
+        if (ord(char) < 32 and char not in "\t\n\r") or 127 <= ord(char) <= 159:
             raise InvalidInput(
                 f"--prompt contains the control character U+{ord(char):04X}:"
                 " only text, tabs and line breaks are allowed"

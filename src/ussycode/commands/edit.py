@@ -10,6 +10,7 @@ from ussycode.commands.vm import created_result, describe_vm
 from ussycode.config import format_size
 from ussycode.errors import InvalidInput, NotFound
 from ussycode.names import check_vm_name
+from ussycode.store import VM
 from ussycode.vm import attributes, resources
 from ussycode.vm.idle import format_idle, parse_idle
 
@@ -145,6 +146,15 @@ def _resize_arguments(parser: ArgumentParser) -> None:
     )
 
 
+def _set_idle(ctx: CommandContext, vm: VM, text: str | None, seconds: int | None, lines: list[str]) -> None:
+    """Store the VM's idle timeout of `--idle TEXT`, if given, and add a line about it to `lines`."""
+    if text is None:
+        return
+    manager = ctx.services.manager
+    manager.suspend_store.set_idle_seconds(vm.id, seconds)
+    lines.append(f"idle:    suspends after {format_idle(manager.idle_timeout(vm))} unused")
+
+
 async def resize(ctx: CommandContext, args: argparse.Namespace) -> CommandResult:
     config = ctx.services.config
     manager = ctx.services.manager
@@ -158,17 +168,17 @@ async def resize(ctx: CommandContext, args: argparse.Namespace) -> CommandResult
         idle = parse_idle(args.idle)
     vm = manager.get_owned(ctx.user, args.name)
     before = vm
-    lines = []
-    if args.idle is not None:
-        manager.suspend_store.set_idle_seconds(vm.id, idle)
-        lines.append(f"idle:    suspends after {format_idle(manager.idle_timeout(vm))} unused")
+    lines: list[str] = []
     if cpus is None and memory_mb is None and disk is None:
+        _set_idle(ctx, vm, args.idle, idle, lines)
         data = describe_vm(ctx, vm)
         data["restart_needed"] = False
         return CommandResult(data, "\n".join(lines))
+    # The idle timeout is stored after the resize, so that a rejected resize changes nothing.
     result = await manager.resize(
         vm, cpus=cpus, memory_mb=memory_mb, disk_bytes=disk, progress=ctx.terminal.progress
     )
+    _set_idle(ctx, result.vm, args.idle, idle, lines)
 
     style = Style.of(ctx)
     vm = result.vm

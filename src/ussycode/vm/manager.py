@@ -131,6 +131,8 @@ class VMManager:
         self.suspend_store = SuspendStore(store)
         self.idle = IdleMonitor(self)
         self._wakes: dict[int, asyncio.Task[VM]] = {}
+        # Ids of the VMs that a resume is restoring now, whichever command or wake started it.
+        self._resuming: set[int] = set()
 
     # Paths and specs.
 
@@ -674,12 +676,13 @@ class VMManager:
         """Resume `vm` if it is suspended or being suspended, and return it as it is then.
 
         Callers that need a running VM (an SSH login, a request to its URL, the `ssh` command)
-        call this first. Concurrent callers share one resume.
+        call this first. Concurrent callers share one resume: a caller that comes while a resume
+        runs waits for it.
 
         :raise RuntimeFailure: the VM could not be resumed or booted.
         """
         vm = self.store.get_vm(vm.id)
-        if vm.state not in (VMState.SUSPENDED, VMState.SUSPENDING):
+        if vm.state not in (VMState.SUSPENDED, VMState.SUSPENDING) and vm.id not in self._resuming:
             return vm
         async with self._lock(vm):
             vm = self.store.get_vm(vm.id)
@@ -689,13 +692,18 @@ class VMManager:
             self.store.add_event(vm.id, vm.name, vm.owner_id, "wake", reason)
             return await self._resume_locked(vm, _no_progress)
 
+    def _asleep(self, vm: VM) -> bool:
+        """Return whether `vm` is suspended or being suspended, or a resume or wake of it runs."""
+        suspended = vm.state in (VMState.SUSPENDED, VMState.SUSPENDING)
+        return suspended or vm.id in self._wakes or vm.id in self._resuming
+
     def note_request(self, name: str) -> bool:
         """Record a request to VM `name`'s URL as use; return whether the VM must be resumed for it."""
         vm = self.store.find_vm(name)
         if vm is None:
             return False
         self.idle.touch(vm.id)
-        return vm.state in (VMState.SUSPENDED, VMState.SUSPENDING) or vm.id in self._wakes
+        return self._asleep(vm)
 
     async def request_allowed(self, name: str) -> str | None:
         """Resume VM `name` for a request to its URL if it is suspended, and wait for it.
@@ -706,7 +714,7 @@ class VMManager:
         vm = self.store.find_vm(name)
         if vm is None:
             return None
-        if vm.state not in (VMState.SUSPENDED, VMState.SUSPENDING) and vm.id not in self._wakes:
+        if not self._asleep(vm):
             return None
         vm_id = vm.id
         task = self._wakes.get(vm_id)
@@ -734,6 +742,13 @@ class VMManager:
             log.debug("vm_id=%d wake ended with: %s", vm_id, task.exception())
 
     async def _resume_locked(self, vm: VM, progress: Progress) -> VM:
+        self._resuming.add(vm.id)
+        try:
+            return await self._restore_locked(vm, progress)
+        finally:
+            self._resuming.discard(vm.id)
+
+    async def _restore_locked(self, vm: VM, progress: Progress) -> VM:
         started_at = time.monotonic()
         vm = await self._set_state(vm, VMState.STARTING)
         spec = self.spec(vm)
@@ -747,8 +762,8 @@ class VMManager:
             self.suspend_store.set_state_bytes(vm.id, 0)
             vm = await self._set_state(vm, VMState.RUNNING)
             # The guest runs from here on, so a waiting request or login can go ahead while its
-            # clock is set in the background.
-            self._spawn(self._set_guest_clock(vm, spec, started_at))
+            # clock and hostname are set in the background.
+            self._spawn(self._update_resumed_guest(vm, spec, started_at))
         except (UssycodeError, asyncio.CancelledError):
             await self._halt(self.store.get_vm(vm.id))
             raise
@@ -771,9 +786,10 @@ class VMManager:
         self.suspend_store.set_state_bytes(vm.id, 0)
         return await self._boot(vm, progress)
 
-    async def _set_guest_clock(self, vm: VM, spec: VMSpec, started_at: float) -> None:
+    async def _update_resumed_guest(self, vm: VM, spec: VMSpec, started_at: float) -> None:
         """Set the guest's clock to the host's once its sshd accepts a login after a resume,
-        because the clock stood still while the VM was suspended. Failures are logged."""
+        because the clock stood still while the VM was suspended, and its hostname to the VM's
+        name, which `rename` may have changed meanwhile. Failures are logged."""
         deadline = started_at + self.config.boot_timeout
         while True:
             if self.runtime.pid(spec) is None:
@@ -783,11 +799,22 @@ class VMManager:
                 conn = await self.connect_guest(vm, timeout=15.0)
                 async with conn:
                     result = await asyncio.wait_for(_send_host_time(conn), GUEST_COMMAND_TIMEOUT)
+                    # NOTE: a rename that lands between this read and the command below sets
+                    # the new hostname first, which this older name then replaces.
+                    name = self.store.get_vm(vm.id).name
+                    renamed = await asyncio.wait_for(
+                        conn.run(_set_hostname_command(name), check=False), GUEST_COMMAND_TIMEOUT
+                    )
             except (RuntimeFailure, OSError, asyncssh.Error, TimeoutError) as exc:
                 log.debug("vm=%s not responding on SSH after the resume yet: %s", vm.name, exc)
+            except NotFound:
+                log.info("vm=%s removed before its clock and hostname were set after the resume", vm.name)
+                return
             else:
                 if result.exit_status != 0:
                     log.warning("vm=%s setting the guest clock exited with %s", vm.name, result.exit_status)
+                if renamed.exit_status != 0:
+                    log.warning("vm=%s setting the guest hostname exited with %s", name, renamed.exit_status)
                 return
             if time.monotonic() >= deadline:
                 log.warning(

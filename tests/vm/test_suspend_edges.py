@@ -1,0 +1,124 @@
+"""Suspended VMs under commands that change or read them, and two wakes at once.
+
+The tests share one VM and run in file order; each leaves the VM running.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import require_image, require_root
+from tests.framework.platform import Platform, SSHUser, wait_until
+
+pytestmark = [pytest.mark.vm, pytest.mark.netns]
+
+VM = "doze-lark"
+RENAMED = "doze-wren"
+APP = (
+    "mkdir -p ~/site && echo dozing-lark-page > ~/site/index.html &&"
+    " setsid -f python3 -m http.server 8080 --directory ~/site >/dev/null 2>&1 < /dev/null"
+)
+
+
+class Stack:
+    def __init__(self, platform: Platform, user: SSHUser) -> None:
+        self.platform = platform
+        self.user = user
+        self.name = VM
+
+    def run(self, command: str, *, status: int = 0) -> str:
+        result = self.platform.ssh(self.user, command)
+        assert result.status == status, f"{command}: {result.stderr}"
+        return result.stdout if status == 0 else result.stderr
+
+    def json(self, command: str) -> Any:
+        return json.loads(self.run(command + " --json"))
+
+    def guest(self, command: str) -> str:
+        # A guest under TCG on a loaded host can miss the gateway's login timeout; retry those.
+        for _ in range(8):
+            result = self.platform.ssh(self.user, command, login=self.name, timeout=180)
+            if "not reachable right now" not in result.stderr:
+                break
+        assert result.status == 0, f"{command} in the guest: {result.stderr}"
+        return result.stdout.strip()
+
+    def state(self) -> str:
+        return str(next(vm["state"] for vm in self.json("ls") if vm["name"] == self.name))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_root()
+    require_image()
+    platform = Platform(tmp_path_factory.mktemp("suspend-edges"))
+    with platform:
+        stack = Stack(platform, platform.make_user("alice"))
+        stack.run(f"new --name {VM}")
+        stack.guest(APP)
+        try:
+            yield stack
+        except BaseException:
+            platform.keep_logs("test_suspend_edges")
+            raise
+
+
+def test_suspended_vm_readable(stack: Stack) -> None:
+    stack.run(f"suspend {stack.name}")
+    assert stack.json(f"stat {stack.name}")["state"] == "suspended"
+    events = stack.json(f"vm-logs {stack.name}")["events"]
+    assert any(event["kind"] == "saved" for event in events)
+    assert stack.state() == "suspended"
+    stack.run(f"resume {stack.name}")
+
+
+def test_rename_suspended_sets_hostname(stack: Stack) -> None:
+    stack.run(f"suspend {stack.name}")
+    stack.run(f"rename {stack.name} {RENAMED}")
+    stack.name = RENAMED
+    assert stack.state() == "suspended"
+    stack.run(f"resume {stack.name}")
+    wait_until(lambda: stack.guest("hostname") == RENAMED, 90, "the guest hostname to follow the rename")
+
+
+def test_login_and_request_wake_together(stack: Stack) -> None:
+    stack.run(f"share set-public {stack.name}")
+    url = f"https://{stack.name}.{stack.platform.domain}/"
+    wait_until(lambda: stack.platform.curl(url).status == 200, 60, "the app in the VM to serve its page")
+    stack.run(f"suspend {stack.name}")
+    results: dict[str, Any] = {}
+
+    def request() -> None:
+        results["request"] = stack.platform.curl(url, timeout=120)
+
+    thread = threading.Thread(target=request)
+    thread.start()
+    login = stack.guest("cat ~/site/index.html")
+    thread.join(180)
+    assert not thread.is_alive()
+    assert login == "dozing-lark-page"
+    assert results["request"].status == 200
+    assert "dozing-lark-page" in results["request"].stdout
+    assert stack.state() == "running"
+    events = stack.json(f"vm-logs {stack.name}")["events"]
+    # The events come newest first, so the ones before the last "saved" followed it.
+    saved = next(index for index, event in enumerate(events) if event["kind"] == "saved")
+    resumes = [event for event in events[:saved] if event["kind"] == "resumed"]
+    assert len(resumes) == 1, events[:saved]
+
+
+def test_rejected_resize_keeps_idle(stack: Stack) -> None:
+    stack.run(f"resize {stack.name} --idle 2h")
+    stack.run(f"suspend {stack.name}")
+    error = stack.run(f"resize {stack.name} --idle 10m --disk 1G", status=1)
+    assert "cannot shrink the disk" in error
+    listed = next(vm for vm in stack.json("ls") if vm["name"] == stack.name)
+    assert listed["idle_timeout"] == "2h"
+    assert listed["state"] == "suspended"
+    stack.run(f"resize {stack.name} --idle never")
+    stack.run(f"resume {stack.name}")

@@ -134,6 +134,9 @@ def test_suspend_commands_bad_input(platform: Platform) -> None:
         ("suspend ghost-owl", 'no VM named "ghost-owl"'),
         ("resume ghost-owl", 'no VM named "ghost-owl"'),
         ("suspend", "VM"),
+        ("new --idle \uff13\uff10m", 'invalid --idle "\uff13\uff10m": use a duration'),
+        ("new --idle " + "9" * 5000 + "s", 'choose between 10s and 30d, or "never"'),
+        ("new --idle=-1m", 'invalid --idle "-1m": use a duration'),
     ]
     for command, fragment in cases:
         result = platform.ssh(alice, command)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.auth.gateway_login import key_fingerprint
 from tests.conftest import require_image, require_root
 from tests.framework.platform import Platform, SSHUser, wait_until
 
@@ -57,6 +58,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_root()
     require_image()
     platform = Platform(tmp_path_factory.mktemp("suspend-edges"))
+    platform.extra_env = {"USSYCODE_ADMINS": key_fingerprint(platform.make_user("root-admin"))}
     with platform:
         stack = Stack(platform, platform.make_user("alice"))
         stack.run(f"new --name {VM}")
@@ -122,3 +124,43 @@ def test_rejected_resize_keeps_idle(stack: Stack) -> None:
     assert listed["state"] == "suspended"
     stack.run(f"resize {stack.name} --idle never")
     stack.run(f"resume {stack.name}")
+
+
+def test_suspend_during_ssh_session(stack: Stack) -> None:
+    results: dict[str, Any] = {}
+
+    def session() -> None:
+        command = "touch ~/session-started; sleep 25; echo session-done"
+        results["session"] = stack.platform.ssh(stack.user, command, login=stack.name, timeout=240)
+
+    thread = threading.Thread(target=session)
+    thread.start()
+    wait_until(lambda: stack.guest("ls ~").count("session-started") == 1, 60, "the session to start")
+    stack.run(f"suspend {stack.name}")
+    stack.run(f"resume {stack.name}")
+    thread.join(240)
+    assert not thread.is_alive()
+    assert results["session"].status == 0, results["session"].stderr
+    assert results["session"].stdout.strip() == "session-done"
+
+
+def test_copy_suspended(stack: Stack) -> None:
+    stack.guest("echo before-copy > ~/copied.txt && sync")
+    stack.run(f"suspend {stack.name}")
+    # A suspended VM keeps its place among the running VMs, so the copy is over the limit of 1.
+    error = stack.run(f"cp {stack.name} doze-copy", status=1)
+    assert "over your limit of running VMs: 1" in error
+    assert [vm["name"] for vm in stack.json("ls")] == [stack.name]
+    assert stack.state() == "suspended"
+    root = stack.platform.make_user("root-admin")
+    raised = stack.platform.ssh(root, "admin set-limit alice running 2")
+    assert raised.status == 0, raised.stderr
+
+    stack.run(f"cp {stack.name} doze-copy")
+    assert stack.state() == "suspended"
+    copy = Stack(stack.platform, stack.user)
+    copy.name = "doze-copy"
+    assert copy.guest("cat ~/copied.txt") == "before-copy"
+    stack.run("rm doze-copy --force")
+    stack.run(f"resume {stack.name}")
+    assert stack.guest("cat ~/copied.txt") == "before-copy"

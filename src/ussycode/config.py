@@ -723,16 +723,26 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
         )
     from ussycode.auth.tiers import parse_tier_limits
 
+    _check_tier_settings(checked, sources, "tier", parse_tier_limits)
+    return Config(**checked, sources=sources)
+
+
+def _check_tier_settings(
+    checked: dict[str, Any], sources: dict[str, str], prefix: str, parse: Callable[[str], object]
+) -> None:
+    """Check the settings `<prefix>_<tier>` of the four tiers with `parse`.
+
+    :raise ConfigError: `parse` raised ValueError for one of them.
+    """
     for tier in ("newbie", "citizen", "operator", "admin"):
-        name = f"tier_{tier}"
+        name = f"{prefix}_{tier}"
         try:
-            parse_tier_limits(checked[name])
+            parse(checked[name])
         except ValueError as exc:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(
                 f"invalid {flag} ({ENV_PREFIX}{name.upper()}, from {sources[name]}): {checked[name]!r}: {exc}"
             ) from exc
-    return Config(**checked, sources=sources)
 
 
 def _check_llm_settings(checked: dict[str, Any], sources: dict[str, str]) -> None:
@@ -757,12 +767,4 @@ def _check_llm_settings(checked: dict[str, Any], sources: dict[str, str]) -> Non
                 f"invalid USSYCODE_LLM_ENDPOINT_KEYS: {name!r} is not in --llm-endpoints;"
                 " add NAME=URL there first"
             )
-    for tier in ("newbie", "citizen", "operator", "admin"):
-        name = f"llm_tier_{tier}"
-        try:
-            parse_llm_limits(checked[name])
-        except ValueError as exc:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(
-                f"invalid {flag} ({ENV_PREFIX}{name.upper()}, from {sources[name]}): {checked[name]!r}: {exc}"
-            ) from exc
+    _check_tier_settings(checked, sources, "llm_tier", parse_llm_limits)

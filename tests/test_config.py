@@ -74,6 +74,7 @@ def test_config_precedence_flag_env_file(tmp_path: Path) -> None:
         (["--pool-max", "9" * 25], "must be at most 64"),
         (["--pool-size", "4", "--pool-max", "3"], "must be at least --pool-size (4)"),
         (["--memory-reserve", "much"], "--memory-reserve"),
+        (["--tier-citizen", "vms=lots"], "invalid --tier-citizen (USSYCODE_TIER_CITIZEN"),
     ],
 )
 def test_config_invalid_values_named(argv: list[str], fragment: str) -> None:

@@ -35,9 +35,12 @@ ALIVE = "grep -qs counter /proc/$(cat ~/counter.pid)/cmdline && echo alive || ec
 
 
 class Stack:
-    def __init__(self, platform: Platform, user: SSHUser) -> None:
+    """The user `user` of `platform` and their VM `name`, driven over SSH."""
+
+    def __init__(self, platform: Platform, user: SSHUser, name: str = VM) -> None:
         self.platform = platform
         self.user = user
+        self.name = name
 
     def run(self, command: str, *, status: int = 0) -> str:
         result = self.platform.ssh(self.user, command)
@@ -51,7 +54,7 @@ class Stack:
         # A guest under TCG on a loaded host can miss the gateway's 10 s login timeout, which
         # the gateway reports as "not reachable right now"; such attempts are retried.
         for _ in range(8):
-            result = self.platform.ssh(self.user, command, login=VM, timeout=180)
+            result = self.platform.ssh(self.user, command, login=self.name, timeout=180)
             if "not reachable right now" not in result.stderr:
                 break
         assert result.status == 0, f"{command} in the guest: {result.stderr}"
@@ -59,7 +62,7 @@ class Stack:
 
     def state(self) -> str:
         vms = self.json("ls")
-        return str(next(vm["state"] for vm in vms if vm["name"] == VM))
+        return str(next(vm["state"] for vm in vms if vm["name"] == self.name))
 
     def qemu_alive(self) -> bool:
         return any(Path(f"/proc/{pid}").exists() for pid in self.platform.vm_pids())

@@ -5,7 +5,6 @@ The tests share one VM and run in file order; each leaves the VM running.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,7 +13,8 @@ import pytest
 
 from tests.auth.gateway_login import key_fingerprint
 from tests.conftest import require_image, require_root
-from tests.framework.platform import Platform, SSHUser, wait_until
+from tests.framework.platform import Platform, wait_until
+from tests.vm.test_suspend import Stack
 
 pytestmark = [pytest.mark.vm, pytest.mark.netns]
 
@@ -26,33 +26,6 @@ APP = (
 )
 
 
-class Stack:
-    def __init__(self, platform: Platform, user: SSHUser) -> None:
-        self.platform = platform
-        self.user = user
-        self.name = VM
-
-    def run(self, command: str, *, status: int = 0) -> str:
-        result = self.platform.ssh(self.user, command)
-        assert result.status == status, f"{command}: {result.stderr}"
-        return result.stdout if status == 0 else result.stderr
-
-    def json(self, command: str) -> Any:
-        return json.loads(self.run(command + " --json"))
-
-    def guest(self, command: str) -> str:
-        # A guest under TCG on a loaded host can miss the gateway's login timeout; retry those.
-        for _ in range(8):
-            result = self.platform.ssh(self.user, command, login=self.name, timeout=180)
-            if "not reachable right now" not in result.stderr:
-                break
-        assert result.status == 0, f"{command} in the guest: {result.stderr}"
-        return result.stdout.strip()
-
-    def state(self) -> str:
-        return str(next(vm["state"] for vm in self.json("ls") if vm["name"] == self.name))
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_root()
@@ -60,7 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     platform = Platform(tmp_path_factory.mktemp("suspend-edges"))
     platform.extra_env = {"USSYCODE_ADMINS": key_fingerprint(platform.make_user("root-admin"))}
     with platform:
-        stack = Stack(platform, platform.make_user("alice"))
+        stack = Stack(platform, platform.make_user("alice"), VM)
         stack.run(f"new --name {VM}")
         stack.guest(APP)
         try:

@@ -417,11 +417,7 @@ class VMManager:
                 memory_mb=source.memory_mb,
                 disk_bytes=disk_bytes or source.disk_bytes,
             )
-            if name is None:
-                name = generate_name(lambda candidate: self.store.find_vm(candidate) is not None)
-            check_vm_name(name)
-            if self.store.find_vm(name) is not None:
-                raise Conflict(f'a VM named "{name}" already exists: choose another name')
+            name = self._free_name(name)
             ip = self.network.allocate_ip(self.store.used_ips())
             vm = self.store.create_vm(
                 name=name,

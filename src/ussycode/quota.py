@@ -21,7 +21,7 @@ from ussycode.vm.state import VMState
 
 log = logging.getLogger(__name__)
 
-# States in which a VM holds its vCPUs and memory. A suspended VM keeps its place among the
+# States in which a VM uses its vCPUs and memory. A suspended VM keeps its place among the
 # running VMs, so that waking it never fails on the running limit.
 ACTIVE_STATES = frozenset(
     {VMState.STARTING, VMState.RUNNING, VMState.STOPPING, VMState.SUSPENDING, VMState.SUSPENDED}

@@ -37,7 +37,7 @@ WAKE_RETRY_AFTER = 30
 # and returns whether the VM must be woken (resumed) before the request passes.
 RequestHook = Callable[[str], bool]
 # Called with the VM's name when it must be woken. It returns None when the VM can take the
-# request, else a message that says why not (such as a failed resume).
+# request, else a message with the reason (such as a failed resume).
 AllowHook = Callable[[str], Awaitable[str | None]]
 
 

@@ -60,7 +60,7 @@ CONNECT_TIMEOUT_SECONDS = 15.0
 # A model may think for minutes before its first token.
 READ_TIMEOUT_SECONDS = 600.0
 REDACTED = "[redacted]"
-# Upstream connections open at once, over all VMs; a stream holds one for its whole length.
+# Upstream connections open at once, over all VMs. A stream uses one for its whole length.
 MAX_UPSTREAM_CONNECTIONS = 512
 # Upstream requests open at once for one user, over all their VMs, so that one user cannot take
 # all of the connections above.

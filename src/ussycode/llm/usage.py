@@ -74,7 +74,7 @@ class UsageMeter:
     """Reads token counts from a response body fed to it in arbitrary pieces.
 
     A server-sent event stream is parsed line by line as it arrives. Any other body is kept, up
-    to `MAX_JSON_BODY_BYTES`, and parsed as JSON at the end; of a larger one only the last
+    to `MAX_JSON_BODY_BYTES`, and parsed as JSON at the end. Of a larger body only the last
     `TAIL_BYTES` are kept, and its last `usage` object is read. Malformed data only means no count.
     """
 

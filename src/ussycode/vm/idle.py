@@ -39,7 +39,7 @@ MAX_IDLE_SECONDS = 30 * 24 * 3600
 CHECK_INTERVAL_SECONDS = 5.0
 # CPU use of the hypervisor, in percent of one host CPU, above which a VM counts as busy.
 # NOTE: an estimate. A booted guest of the default image that runs only a shell loop stayed
-# below it under TCG (QEMU 7.2, 1 vCPU) in tests/vm/test_suspend.py; it was not measured closer.
+# below it under TCG (QEMU 7.2, 1 vCPU) in tests/vm/test_suspend.py. It was not measured closer.
 IDLE_CPU_PERCENT = 10.0
 
 # ASCII digits only: \d would also take other scripts' digits, which int() reads.
